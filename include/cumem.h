@@ -1,0 +1,218 @@
+/*
+ * cumem — sleepable GPU memory.
+ *
+ * An allocation keeps its virtual address for life. Its physical memory can be
+ * released ("sleep": content copied to host memory first, or discarded) and
+ * created again ("wake": content restored bit for bit) at the same address, so
+ * raw pointers, tensors and captured CUDA graphs stay valid.
+ *
+ * Conventions (libuv-like):
+ *  - every call returns 0 or a negative CUMEM_E* code; cumem_strerror() names
+ *    the code and cumem_last_error() gives this thread's detail of its last
+ *    failure (driver call, CUresult name, source line). There is no sticky
+ *    global error: a failure never poisons later calls.
+ *  - a failed call changes nothing, or leaves a state that a retry completes
+ *    (documented per call). No call exits or aborts the process.
+ *  - every call is thread-safe; sleep and wake serialize with alloc and free.
+ */
+#ifndef CUMEM_H
+#define CUMEM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CUMEM_VERSION "0.1.0"
+
+#if defined(__GNUC__)
+#define CUMEM_API __attribute__((visibility("default")))
+#else
+#define CUMEM_API
+#endif
+
+/* ---- errors ------------------------------------------------------------ */
+
+enum {
+  CUMEM_OK = 0,
+  CUMEM_EINVAL = -1,    /* an argument is invalid (NULL, size 0, bad list) */
+  CUMEM_ENOMEM = -2,    /* out of device memory */
+  CUMEM_ENOHOST = -3,   /* out of host memory (backup, bookkeeping) */
+  CUMEM_ENOTFOUND = -4, /* the pointer is not a live cumem allocation */
+  CUMEM_ENOTAG = -5,    /* a named tag has never been used */
+  CUMEM_ENODEV = -6,    /* the device ordinal does not exist */
+  CUMEM_ENODRIVER = -7, /* the backend is unavailable (no driver, no GPU) */
+  CUMEM_EDRIVER = -8,   /* a driver call failed; the detail names it */
+  CUMEM_E2BIG = -9,     /* the size exceeds the device's memory */
+  CUMEM_ENOTSUP = -10,  /* the backend or device cannot do this */
+};
+
+/* Name and meaning of an error code ("CUMEM_ENOMEM: out of device memory"). */
+CUMEM_API const char *cumem_strerror(int code);
+/* Detail of the last failure of a cumem call made by this thread. Valid until
+ * this thread's next failing call. Never NULL ("" when none). */
+CUMEM_API const char *cumem_last_error(void);
+
+/* ---- options ----------------------------------------------------------- */
+
+typedef struct cumem_options {
+  const char *backend;  /* "auto" (default), "cuda" or "host"; CUMEM_BACKEND */
+  size_t chunk_size;    /* physical backing in chunks of this many bytes;
+                           0 = one handle per allocation; CUMEM_CHUNK_SIZE_MB */
+  int zero_on_wake;     /* discarded allocations read zero after wake;
+                           CUMEM_ZERO_ON_WAKE (default 0) */
+  int retain_backup;    /* keep pinned host backups after wake for the next
+                           sleep; CUMEM_RETAIN_BACKUP (default 1) */
+  size_t copy_chunk;    /* bytes per host<->device copy; CUMEM_COPY_CHUNK_MB
+                           (default 64) */
+  int host_threads;     /* threads preparing pinned host memory;
+                           CUMEM_HOST_THREADS (default: min(16, cores)) */
+  int verbose;          /* print what the library decides to stderr;
+                           CUMEM_VERBOSE */
+} cumem_options_t;
+
+/* Fill *opts with the defaults, then apply the CUMEM_* environment. */
+CUMEM_API void cumem_options_init(cumem_options_t *opts);
+
+/* ---- instances --------------------------------------------------------- */
+
+typedef struct cumem cumem_t;
+
+/* Open an instance. opts may be NULL (cumem_options_init's values). Fails
+ * with CUMEM_ENODRIVER if "cuda" is asked for and no driver/GPU answers. */
+CUMEM_API int cumem_open(cumem_t **out, const cumem_options_t *opts);
+/* Free every allocation and backup, then the instance. NULL is a no-op. */
+CUMEM_API int cumem_close(cumem_t *cm);
+/* "cuda" or "host" (or a custom backend's name). */
+CUMEM_API const char *cumem_backend_name(const cumem_t *cm);
+/* The process-wide instance used by the PyTorch entry points and Python,
+ * opened on first use with the environment's options. */
+CUMEM_API int cumem_default(cumem_t **out);
+
+/* ---- tags -------------------------------------------------------------- */
+
+#define CUMEM_TAG_MAX 63 /* longest tag, in bytes */
+
+/* The calling thread's current tag, used by allocations that name none.
+ * NULL restores "default". */
+CUMEM_API int cumem_set_current_tag(const char *tag);
+CUMEM_API const char *cumem_current_tag(void);
+
+/* ---- allocation -------------------------------------------------------- */
+
+/* Reserve an address range on `device`, back it with physical memory and give
+ * the device read/write access. The size is rounded up to the allocation
+ * granularity. tag NULL = the thread's current tag. */
+CUMEM_API int cumem_alloc(cumem_t *cm, void **out, size_t size, int device,
+                          const char *tag);
+/* As cumem_alloc, and also give read/write access to the devices whose bits
+ * are set in peer_mask (bit d = device d), now and after every wake. */
+CUMEM_API int cumem_alloc_ex(cumem_t *cm, void **out, size_t size, int device,
+                             const char *tag, uint64_t peer_mask);
+/* Free in any state (awake, asleep, half-way): physical memory, address range
+ * and backup are each released exactly once. Waits for the device first. */
+CUMEM_API int cumem_free(cumem_t *cm, void *ptr);
+/* As cumem_free, but waits only for work queued on `stream` (a CUstream;
+ * NULL = the legacy default stream), not for the whole device. */
+CUMEM_API int cumem_free_on_stream(cumem_t *cm, void *ptr, void *stream);
+
+typedef struct cumem_alloc_info {
+  void *ptr;          /* start of the allocation */
+  size_t size;        /* rounded size */
+  size_t requested;   /* size asked for */
+  int device;
+  int asleep;         /* 1 when any of its physical memory is released */
+  int backed_up;      /* 1 when the host backup holds its content */
+  char tag[CUMEM_TAG_MAX + 1];
+} cumem_alloc_info_t;
+
+/* Describe the allocation that contains ptr (any address inside it). */
+CUMEM_API int cumem_query(cumem_t *cm, const void *ptr,
+                          cumem_alloc_info_t *info);
+
+/* ---- sleep and wake ---------------------------------------------------- */
+/* Tag lists are NULL-terminated arrays of strings. For `tags`, NULL means
+ * every tag; for `offload_tags`, NULL means none. Naming a tag that was never
+ * used is CUMEM_ENOTAG and changes nothing. */
+
+/* Put to sleep every awake allocation whose tag is in `tags`: first wait for
+ * all work queued on its device, copy those whose tag is in `offload_tags` to
+ * host memory, then release their physical memory; addresses stay reserved.
+ * An allocation is released only after its backup is complete. On failure
+ * the allocations already asleep stay asleep (with their backups) and the
+ * rest stay awake; a retry completes the sleep. Asleep ones are skipped. */
+CUMEM_API int cumem_sleep(cumem_t *cm, const char *const *tags,
+                          const char *const *offload_tags);
+/* Wake every sleeping allocation whose tag is in `tags`: create and map
+ * physical memory at the same addresses and restore backed-up content. On
+ * failure everything this call mapped is released again, every backup is
+ * kept, and a later wake restores all of it. Awake ones are skipped. */
+CUMEM_API int cumem_wake(cumem_t *cm, const char *const *tags);
+
+/* Pin host backup memory for these tags' allocations ahead of time, so that
+ * the first sleep only copies. NULL = every tag. */
+CUMEM_API int cumem_prepare_backup(cumem_t *cm, const char *const *tags);
+/* Give back the retained backups of awake allocations (munmap: RSS drops). */
+CUMEM_API int cumem_release_backup(cumem_t *cm, const char *const *tags);
+
+/* One allocation at a time, for the vLLM seed ABI: release the physical
+ * memory of the allocation at ptr without a backup / create it again. */
+CUMEM_API int cumem_unmap_release(cumem_t *cm, void *ptr);
+CUMEM_API int cumem_create_map(cumem_t *cm, void *ptr);
+
+/* ---- data access (synchronous; for C users, tests and tools) ----------- */
+
+CUMEM_API int cumem_copy_to_device(cumem_t *cm, void *dst, const void *src,
+                                   size_t n);
+CUMEM_API int cumem_copy_to_host(cumem_t *cm, void *dst, const void *src,
+                                 size_t n);
+CUMEM_API int cumem_memset(cumem_t *cm, void *dst, int value, size_t n);
+
+/* ---- figures ----------------------------------------------------------- */
+
+typedef struct cumem_stats {
+  size_t allocations;     /* live allocations */
+  size_t bytes_allocated; /* their rounded sizes */
+  size_t bytes_mapped;    /* of which backed by physical memory now */
+  size_t bytes_asleep;    /* of which released */
+  size_t bytes_backed_up; /* content held in host backups while asleep */
+  size_t bytes_host_held; /* pinned host memory held, retained included */
+} cumem_stats_t;
+
+/* Figures for one tag, or for all when tag is NULL. */
+CUMEM_API int cumem_stats(cumem_t *cm, const char *tag, cumem_stats_t *out);
+/* Names of every tag used so far (valid until cumem_close), up to cap of
+ * them; *count receives the total number. */
+CUMEM_API int cumem_tags(cumem_t *cm, const char **names, size_t cap,
+                         size_t *count);
+
+/* Live backend objects, for leak checks: what has been created and not yet
+ * destroyed. */
+typedef struct cumem_backend_counters {
+  long reservations, handles, mappings, host_registrations, streams, events;
+} cumem_backend_counters_t;
+CUMEM_API int cumem_backend_counters(cumem_t *cm,
+                                     cumem_backend_counters_t *out);
+
+/* ---- devices ----------------------------------------------------------- */
+
+typedef struct cumem_device_info {
+  char name[96];
+  size_t total_bytes;
+  size_t free_bytes;
+  size_t granularity; /* allocation granularity (sizes round up to it) */
+  int rdma;           /* GPUDirect RDMA with VMM supported */
+  int fabric;         /* fabric handles supported */
+  int posix_fd;       /* POSIX file-descriptor handles supported */
+} cumem_device_info_t;
+
+CUMEM_API int cumem_device_count(cumem_t *cm, int *count);
+CUMEM_API int cumem_device_info(cumem_t *cm, int device,
+                                cumem_device_info_t *info);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* CUMEM_H */

@@ -1,0 +1,119 @@
+/*
+ * The backend interface: the only layer that knows CUDA (like SQLite's VFS or
+ * mimalloc's prim layer). Three ship with cumem:
+ *   cuda  — the CUDA driver API, loaded at run time, primary contexts;
+ *   host  — the same VMM semantics on host memory (mmap, memfd, MAP_FIXED);
+ *   fault — wraps another backend and fails chosen calls, for tests.
+ *
+ * Every operation returns 0 or a negative CUMEM_E* code and, on failure, sets
+ * the thread's detail with cumem__set_error (see "cumem_internal.h"). A failed
+ * operation has no effect (its post-condition is simply not reached).
+ *
+ * Sizes and addresses handed to reserve/create/map/unmap/set_access are
+ * multiples of the device's granularity (device_info's), checked by the core.
+ * "stream" and "event" values are opaque (CUstream / CUevent in cuda); the
+ * host backend does its copies synchronously and its streams are tokens.
+ */
+#ifndef CUMEM_BACKEND_H
+#define CUMEM_BACKEND_H
+
+#include "cumem.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef uint64_t cumem_handle_t; /* physical memory; 0 is never a handle */
+
+typedef struct cumem_backend cumem_backend_t;
+
+struct cumem_backend {
+  const char *name;
+  void *self; /* the backend's own state */
+
+  /* Release the backend itself. Pre: nothing it created is still alive. */
+  void (*destroy)(cumem_backend_t *b);
+
+  int (*device_count)(cumem_backend_t *b, int *count);
+  /* Post: info filled; free_bytes is the device's free memory now. */
+  int (*device_info)(cumem_backend_t *b, int device, cumem_device_info_t *info);
+
+  /* Post: [*va, *va + size) is reserved for `device`, mapped to nothing. */
+  int (*reserve)(cumem_backend_t *b, int device, size_t size, uintptr_t *va);
+  /* Pre: the range was reserved whole and nothing is mapped inside it. */
+  int (*unreserve)(cumem_backend_t *b, uintptr_t va, size_t size);
+
+  /* Post: *h holds `size` bytes of physical memory on `device`.
+   * Out of memory is CUMEM_ENOMEM. */
+  int (*create)(cumem_backend_t *b, int device, size_t size, cumem_handle_t *h);
+  /* Pre: h is not mapped anywhere. */
+  int (*release)(cumem_backend_t *b, cumem_handle_t h);
+
+  /* Pre: [va, va + size) reserved and unmapped; h has exactly `size` bytes.
+   * Post: mapped, but not yet accessible (see set_access). */
+  int (*map)(cumem_backend_t *b, uintptr_t va, size_t size, cumem_handle_t h);
+  /* Pre: [va, va + size) is exactly one earlier map. Post: unmapped; no
+   * waiting for work that still uses it (callers synchronize first). */
+  int (*unmap)(cumem_backend_t *b, uintptr_t va, size_t size);
+  /* Post: `device` and every device in peer_mask may read and write. */
+  int (*set_access)(cumem_backend_t *b, uintptr_t va, size_t size, int device,
+                    uint64_t peer_mask);
+
+  /* Post: all work queued on the device so far has completed. */
+  int (*synchronize)(cumem_backend_t *b, int device);
+
+  /* Streams and events for asynchronous copies on one device. */
+  int (*stream_create)(cumem_backend_t *b, int device, void **stream);
+  int (*stream_destroy)(cumem_backend_t *b, void *stream);
+  /* Post: work queued on stream so far has completed. NULL = legacy default
+   * stream. */
+  int (*stream_synchronize)(cumem_backend_t *b, void *stream);
+  int (*event_create)(cumem_backend_t *b, int device, void **event);
+  int (*event_destroy)(cumem_backend_t *b, void *event);
+  int (*event_record)(cumem_backend_t *b, void *event, void *stream);
+  /* Post: the work before the event's record has completed. */
+  int (*event_synchronize)(cumem_backend_t *b, void *event);
+
+  /* Page-lock [ptr, ptr + size) of host memory for fast copies. */
+  int (*host_register)(cumem_backend_t *b, void *ptr, size_t size);
+  int (*host_unregister)(cumem_backend_t *b, void *ptr);
+
+  /* Queue a copy on stream (may complete before returning). */
+  int (*copy_to_host)(cumem_backend_t *b, void *dst, uintptr_t src, size_t n,
+                      void *stream);
+  int (*copy_to_device)(cumem_backend_t *b, uintptr_t dst, const void *src,
+                        size_t n, void *stream);
+  int (*memset)(cumem_backend_t *b, uintptr_t dst, unsigned char value,
+                size_t n, void *stream);
+
+  /* Live objects this backend has created and not destroyed. */
+  void (*counters)(cumem_backend_t *b, cumem_backend_counters_t *out);
+};
+
+/* The shipped backends. Each returns 0 and a new backend, or an error
+ * (cuda: CUMEM_ENODRIVER where no driver or device answers). */
+CUMEM_API int cumem_backend_cuda(cumem_backend_t **out);
+CUMEM_API int cumem_backend_host(cumem_backend_t **out);
+
+/* The fault backend wraps `inner` (and destroys it when destroyed). */
+CUMEM_API int cumem_backend_fault(cumem_backend_t **out, cumem_backend_t *inner);
+/* Fail the nth call (1-based, counted from now) of operation `op` (its field
+ * name, e.g. "create"), or of any operation when op is NULL, with `code`.
+ * persistent != 0 fails that call and every later matching one. n = 0 turns
+ * faults off. */
+CUMEM_API void cumem_fault_arm(cumem_backend_t *fault, long n, const char *op,
+                               int code, int persistent);
+/* Calls seen (of any operation) since the last arm. */
+CUMEM_API long cumem_fault_calls(const cumem_backend_t *fault);
+/* Failures injected since the last arm. */
+CUMEM_API long cumem_fault_injected(const cumem_backend_t *fault);
+
+/* Open an instance over a given backend; the instance owns it afterwards
+ * (it is destroyed by cumem_close, or here on failure). */
+CUMEM_API int cumem_open_backend(cumem_t **out, const cumem_options_t *opts,
+                                 cumem_backend_t *backend);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* CUMEM_BACKEND_H */

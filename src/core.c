@@ -1,0 +1,510 @@
+/* The core: instances, tags, allocation and free, figures. The sleep/wake
+ * engine is in sleep.c, host backups in hostmem.c, everything that touches a
+ * device behind cm->backend. */
+#include "core.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- tags ---------------------------------------------------------------- */
+
+static _Thread_local char current_tag[CUMEM_TAG_MAX + 1] = "default";
+
+static int check_tag_name(const char *tag) {
+  if (!tag || !*tag) return CUMEM_FAIL(CUMEM_EINVAL, "a tag must be a non-empty string");
+  if (strlen(tag) > CUMEM_TAG_MAX)
+    return CUMEM_FAIL(CUMEM_EINVAL, "tag \"%.20s...\" is longer than %d bytes", tag, CUMEM_TAG_MAX);
+  return 0;
+}
+
+int cumem_set_current_tag(const char *tag) {
+  if (!tag) tag = "default";
+  int rc = check_tag_name(tag);
+  if (rc) return rc;
+  strcpy(current_tag, tag);
+  return 0;
+}
+
+const char *cumem_current_tag(void) { return current_tag; }
+
+static tag_t *tag_find(cumem_t *cm, const char *name) {
+  for (tag_t *t = cm->tags; t; t = t->next)
+    if (strcmp(t->name, name) == 0) return t;
+  return NULL;
+}
+
+int core_tag_set(cumem_t *cm, const char *const *names, tag_t ***out, size_t *n, int *all) {
+  *out = NULL;
+  *n = 0;
+  *all = names == NULL;
+  if (!names) return 0;
+  size_t count = 0;
+  while (names[count]) count++;
+  tag_t **set = calloc(count ? count : 1, sizeof *set);
+  if (!set) return CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for a tag list");
+  for (size_t i = 0; i < count; i++) {
+    int rc = check_tag_name(names[i]);
+    if (!rc && !(set[i] = tag_find(cm, names[i])))
+      rc = CUMEM_FAIL(CUMEM_ENOTAG, "no allocation has ever used tag \"%s\"", names[i]);
+    if (rc) {
+      free(set);
+      return rc;
+    }
+  }
+  *out = set;
+  *n = count;
+  return 0;
+}
+
+int core_tag_in(tag_t *t, tag_t **set, size_t n, int all) {
+  if (all) return 1;
+  for (size_t i = 0; i < n; i++)
+    if (set[i] == t) return 1;
+  return 0;
+}
+
+/* ---- instances ----------------------------------------------------------- */
+
+int cumem_open_backend(cumem_t **out, const cumem_options_t *opts, cumem_backend_t *backend) {
+  if (!backend) return CUMEM_FAIL(CUMEM_EINVAL, "no backend given");
+  if (!out) {
+    backend->destroy(backend);
+    return CUMEM_FAIL(CUMEM_EINVAL, "out is NULL");
+  }
+  *out = NULL;
+  cumem_t *cm = calloc(1, sizeof *cm);
+  int rc = cm ? table_init(&cm->table) : CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for an instance");
+  if (!rc) {
+    if (opts) cm->opts = *opts; else cumem_options_init(&cm->opts);
+    cm->backend = backend;
+    rc = backend->device_count(backend, &cm->ndevices);
+  }
+  if (!rc && cm->ndevices <= 0)
+    rc = CUMEM_FAIL(CUMEM_ENODRIVER, "backend %s has no device", backend->name);
+  if (!rc && cm->ndevices > CUMEM_MAX_DEVICES) cm->ndevices = CUMEM_MAX_DEVICES;
+  for (int d = 0; !rc && d < cm->ndevices; d++) {
+    rc = backend->device_info(backend, d, &cm->devices[d].info);
+    if (!rc && cm->devices[d].info.granularity == 0)
+      rc = CUMEM_FAIL(CUMEM_EDRIVER, "device %d reports granularity 0", d);
+    cm->devices[d].known = !rc;
+  }
+  if (rc) {
+    if (cm) table_destroy(&cm->table);
+    free(cm);
+    backend->destroy(backend);
+    return rc;
+  }
+  pthread_mutex_init(&cm->lock, NULL);
+  cumem__log("opened on backend %s with %d device(s)", backend->name, cm->ndevices);
+  *out = cm;
+  return 0;
+}
+
+int cumem_open(cumem_t **out, const cumem_options_t *opts) {
+  cumem_options_t defaults;
+  if (!opts) {
+    cumem_options_init(&defaults);
+    opts = &defaults;
+  }
+  if (!out) return CUMEM_FAIL(CUMEM_EINVAL, "out is NULL");
+  const char *name = opts->backend ? opts->backend : "auto";
+  cumem_backend_t *b = NULL;
+  int rc;
+  if (strcmp(name, "cuda") == 0) {
+    rc = cumem_backend_cuda(&b);
+  } else if (strcmp(name, "host") == 0) {
+    rc = cumem_backend_host(&b);
+  } else if (strcmp(name, "auto") == 0) {
+    rc = cumem_backend_cuda(&b);
+    if (rc == CUMEM_ENODRIVER) {
+      cumem__log("auto: no CUDA driver or GPU (%s); using the host backend", cumem_last_error());
+      rc = cumem_backend_host(&b);
+    }
+  } else {
+    return CUMEM_FAIL(CUMEM_EINVAL, "unknown backend \"%s\" (expected auto, cuda or host)", name);
+  }
+  if (rc) return rc;
+  return cumem_open_backend(out, opts, b);
+}
+
+const char *cumem_backend_name(const cumem_t *cm) { return cm ? cm->backend->name : "none"; }
+
+static pthread_mutex_t default_lock = PTHREAD_MUTEX_INITIALIZER;
+static cumem_t *default_instance;
+
+int cumem_default(cumem_t **out) {
+  if (!out) return CUMEM_FAIL(CUMEM_EINVAL, "out is NULL");
+  pthread_mutex_lock(&default_lock);
+  int rc = default_instance ? 0 : cumem_open(&default_instance, NULL);
+  *out = default_instance; /* a failed open is retried by the next call */
+  pthread_mutex_unlock(&default_lock);
+  return rc;
+}
+
+/* ---- chunks -------------------------------------------------------------- */
+
+size_t core_chunk_size(const alloc_t *a, size_t i) {
+  size_t off = i * a->chunk;
+  return a->size - off < a->chunk ? a->size - off : a->chunk;
+}
+
+/* Bring chunk i to READY: created, mapped, accessible; undo on failure. */
+int core_map_chunk(cumem_t *cm, alloc_t *a, size_t i) {
+  cumem_backend_t *b = cm->backend;
+  uintptr_t va = a->va + i * a->chunk;
+  size_t n = core_chunk_size(a, i);
+  int rc = 0;
+  if (a->state[i] == CHUNK_NONE) {
+    rc = b->create(b, a->device, n, &a->handles[i]);
+    if (!rc) a->state[i] = CHUNK_HANDLE;
+  }
+  if (!rc && a->state[i] == CHUNK_HANDLE) {
+    rc = b->map(b, va, n, a->handles[i]);
+    if (!rc) a->state[i] = CHUNK_MAPPED;
+  }
+  if (!rc && a->state[i] == CHUNK_MAPPED) {
+    rc = b->set_access(b, va, n, a->device, a->peer_mask);
+    if (!rc) {
+      a->state[i] = CHUNK_READY;
+      a->nmapped++;
+    }
+  }
+  if (rc) {
+    /* Undo; whatever cannot be undone stays recorded for sleep or free. */
+    cumem__error_save_t e;
+    cumem__error_save(&e);
+    (void)core_unmap_chunk(cm, a, i);
+    cumem__error_restore(&e);
+  }
+  return rc;
+}
+
+/* Bring chunk i down to NONE: unmapped and released. On failure the state
+ * says what is left, and a retry finishes it. */
+int core_unmap_chunk(cumem_t *cm, alloc_t *a, size_t i) {
+  cumem_backend_t *b = cm->backend;
+  if (a->state[i] == CHUNK_READY || a->state[i] == CHUNK_MAPPED) {
+    int rc = b->unmap(b, a->va + i * a->chunk, core_chunk_size(a, i));
+    if (rc) return rc;
+    if (a->state[i] == CHUNK_READY) a->nmapped--;
+    a->state[i] = CHUNK_HANDLE;
+  }
+  if (a->state[i] == CHUNK_HANDLE) {
+    int rc = b->release(b, a->handles[i]);
+    if (rc) return rc;
+    a->handles[i] = 0;
+    a->state[i] = CHUNK_NONE;
+  }
+  return 0;
+}
+
+int core_holds_memory(const alloc_t *a) {
+  for (size_t i = 0; i < a->nchunks; i++)
+    if (a->state[i] != CHUNK_NONE) return 1;
+  return 0;
+}
+
+/* ---- allocation ---------------------------------------------------------- */
+
+static int check_device(cumem_t *cm, int device) {
+  if (device < 0 || device >= cm->ndevices)
+    return CUMEM_FAIL(CUMEM_ENODEV, "device %d does not exist (backend %s has %d)", device,
+                      cm->backend->name, cm->ndevices);
+  return 0;
+}
+
+static void alloc_destroy_record(alloc_t *a) {
+  free(a->handles);
+  free(a->state);
+  free(a);
+}
+
+/* Release everything an allocation holds. Pre: the device is idle for it.
+ * On failure the record stays (in its new, smaller state) for a retry. */
+static int alloc_release_all(cumem_t *cm, alloc_t *a) {
+  for (size_t i = 0; i < a->nchunks; i++) {
+    int rc = core_unmap_chunk(cm, a, i);
+    if (rc) return rc;
+  }
+  if (a->reserved) {
+    int rc = cm->backend->unreserve(cm->backend, a->va, a->size);
+    if (rc) return rc;
+    a->reserved = 0;
+  }
+  return hostbuf_free(cm->backend, &a->backup);
+}
+
+int cumem_alloc_ex(cumem_t *cm, void **out, size_t size, int device, const char *tag,
+                   uint64_t peer_mask) {
+  if (!cm || !out) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_alloc: %s is NULL", cm ? "out" : "instance");
+  *out = NULL;
+  if (!tag) tag = current_tag;
+  if (size == 0) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_alloc: size 0");
+  int rc = check_device(cm, device);
+  if (!rc) rc = check_tag_name(tag);
+  if (rc) return rc;
+  for (int d = 0; d < 64; d++)
+    if ((peer_mask >> d & 1) && d >= cm->ndevices)
+      return CUMEM_FAIL(CUMEM_ENODEV, "peer device %d does not exist", d);
+  const cumem_device_info_t *dev = &cm->devices[device].info;
+  size_t gran = dev->granularity;
+  if (size > dev->total_bytes || size > SIZE_MAX - gran)
+    return CUMEM_FAIL(CUMEM_E2BIG, "cumem_alloc: %zu bytes exceed device %d's %zu bytes", size, device,
+                      dev->total_bytes);
+  size_t rounded = (size + gran - 1) / gran * gran;
+  size_t chunk = rounded;
+  if (cm->opts.chunk_size && cm->opts.chunk_size < rounded)
+    chunk = (cm->opts.chunk_size + gran - 1) / gran * gran;
+
+  alloc_t *a = calloc(1, sizeof *a);
+  size_t nchunks = (rounded + chunk - 1) / chunk;
+  if (a) {
+    a->handles = calloc(nchunks, sizeof *a->handles);
+    a->state = calloc(nchunks, 1);
+  }
+  if (!a || !a->handles || !a->state) {
+    if (a) alloc_destroy_record(a);
+    return CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for an allocation record");
+  }
+  a->size = rounded;
+  a->requested = size;
+  a->chunk = chunk;
+  a->nchunks = nchunks;
+  a->device = device;
+  a->peer_mask = peer_mask & ~((uint64_t)1 << device);
+
+  pthread_mutex_lock(&cm->lock);
+  tag_t *t = tag_find(cm, tag);
+  int new_tag = !t;
+  if (new_tag) {
+    t = calloc(1, sizeof *t);
+    if (!t) rc = CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for a tag");
+    else {
+      strcpy(t->name, tag);
+      t->next = cm->tags;
+      cm->tags = t;
+      cm->ntags++;
+    }
+  }
+  a->tag = t;
+  if (!rc) rc = cm->backend->reserve(cm->backend, device, rounded, &a->va);
+  a->reserved = !rc;
+  for (size_t i = 0; !rc && i < nchunks; i++) rc = core_map_chunk(cm, a, i);
+  if (!rc) rc = table_insert(&cm->table, a);
+  if (rc) {
+    cumem__error_save_t e;
+    cumem__error_save(&e);
+    if (alloc_release_all(cm, a) != 0) cumem__log("could not undo a failed allocation completely");
+    else alloc_destroy_record(a);
+    if (new_tag && t) { /* nobody uses it: forget it again */
+      cm->tags = t->next;
+      cm->ntags--;
+      free(t);
+    }
+    cumem__error_restore(&e);
+  } else {
+    *out = (void *)a->va;
+  }
+  pthread_mutex_unlock(&cm->lock);
+  return rc;
+}
+
+int cumem_alloc(cumem_t *cm, void **out, size_t size, int device, const char *tag) {
+  return cumem_alloc_ex(cm, out, size, device, tag, 0);
+}
+
+static int free_locked(cumem_t *cm, void *ptr, int sync_device) {
+  alloc_t *a = table_find(&cm->table, (uintptr_t)ptr);
+  if (!a) {
+    return table_find_containing(&cm->table, (uintptr_t)ptr)
+               ? CUMEM_FAIL(CUMEM_EINVAL, "free(%p): not the start of its allocation", ptr)
+               : CUMEM_FAIL(CUMEM_ENOTFOUND, "free(%p): not a live cumem allocation (double free?)", ptr);
+  }
+  int rc = 0;
+  /* Kernels may still run on the memory: unmap does not wait for them. */
+  if (sync_device && core_holds_memory(a)) rc = cm->backend->synchronize(cm->backend, a->device);
+  if (!rc) rc = alloc_release_all(cm, a);
+  if (rc) return rc; /* still in the table, in a state a retry completes */
+  table_remove(&cm->table, a);
+  alloc_destroy_record(a);
+  return 0;
+}
+
+int cumem_free(cumem_t *cm, void *ptr) {
+  if (!cm || !ptr) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_free: %s is NULL", cm ? "ptr" : "instance");
+  pthread_mutex_lock(&cm->lock);
+  int rc = free_locked(cm, ptr, 1);
+  pthread_mutex_unlock(&cm->lock);
+  return rc;
+}
+
+int cumem_free_on_stream(cumem_t *cm, void *ptr, void *stream) {
+  if (!cm || !ptr) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_free: %s is NULL", cm ? "ptr" : "instance");
+  /* Wait outside the lock: other threads keep allocating meanwhile. */
+  int rc = cm->backend->stream_synchronize(cm->backend, stream);
+  if (rc) return rc;
+  pthread_mutex_lock(&cm->lock);
+  rc = free_locked(cm, ptr, 0);
+  pthread_mutex_unlock(&cm->lock);
+  return rc;
+}
+
+int cumem_close(cumem_t *cm) {
+  if (!cm) return 0;
+  pthread_mutex_lock(&cm->lock);
+  int rc = 0;
+  for (int d = 0; d < cm->ndevices && !rc; d++) rc = cm->backend->synchronize(cm->backend, d);
+  while (!rc && cm->table.first) {
+    alloc_t *a = cm->table.first;
+    rc = alloc_release_all(cm, a);
+    if (!rc) {
+      table_remove(&cm->table, a);
+      alloc_destroy_record(a);
+    }
+  }
+  pthread_mutex_unlock(&cm->lock);
+  if (rc) return rc; /* the instance stays usable; close can be retried */
+  pthread_mutex_lock(&default_lock);
+  if (default_instance == cm) default_instance = NULL;
+  pthread_mutex_unlock(&default_lock);
+  while (cm->tags) {
+    tag_t *t = cm->tags;
+    cm->tags = t->next;
+    free(t);
+  }
+  table_destroy(&cm->table);
+  pthread_mutex_destroy(&cm->lock);
+  cm->backend->destroy(cm->backend);
+  free(cm);
+  return 0;
+}
+
+/* ---- queries and figures ------------------------------------------------- */
+
+static size_t mapped_bytes(const alloc_t *a) {
+  if (a->nmapped == a->nchunks) return a->size;
+  size_t n = 0;
+  for (size_t i = 0; i < a->nchunks; i++)
+    if (a->state[i] == CHUNK_READY) n += core_chunk_size(a, i);
+  return n;
+}
+
+int cumem_query(cumem_t *cm, const void *ptr, cumem_alloc_info_t *info) {
+  if (!cm || !info) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_query: NULL argument");
+  pthread_mutex_lock(&cm->lock);
+  alloc_t *a = table_find_containing(&cm->table, (uintptr_t)ptr);
+  if (a) {
+    memset(info, 0, sizeof *info);
+    info->ptr = (void *)a->va;
+    info->size = a->size;
+    info->requested = a->requested;
+    info->device = a->device;
+    info->asleep = a->nmapped < a->nchunks;
+    info->backed_up = a->backed_up;
+    strcpy(info->tag, a->tag->name);
+  }
+  pthread_mutex_unlock(&cm->lock);
+  return a ? 0 : CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is not inside a live cumem allocation", ptr);
+}
+
+int cumem_stats(cumem_t *cm, const char *tag, cumem_stats_t *out) {
+  if (!cm || !out) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_stats: NULL argument");
+  pthread_mutex_lock(&cm->lock);
+  tag_t *t = tag ? tag_find(cm, tag) : NULL;
+  int rc = tag && !t ? CUMEM_FAIL(CUMEM_ENOTAG, "no allocation has ever used tag \"%s\"", tag) : 0;
+  if (!rc) {
+    memset(out, 0, sizeof *out);
+    for (alloc_t *a = cm->table.first; a; a = a->next) {
+      if (t && a->tag != t) continue;
+      size_t m = mapped_bytes(a);
+      out->allocations++;
+      out->bytes_allocated += a->size;
+      out->bytes_mapped += m;
+      out->bytes_asleep += a->size - m;
+      if (a->backed_up) out->bytes_backed_up += a->size;
+      out->bytes_host_held += hostbuf_held(&a->backup);
+    }
+  }
+  pthread_mutex_unlock(&cm->lock);
+  return rc;
+}
+
+int cumem_tags(cumem_t *cm, const char **names, size_t cap, size_t *count) {
+  if (!cm || !count || (cap && !names)) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_tags: NULL argument");
+  pthread_mutex_lock(&cm->lock);
+  /* Oldest first: the list is newest first, so fill from the back. */
+  size_t n = cm->ntags, i = n;
+  for (tag_t *t = cm->tags; t; t = t->next) {
+    i--;
+    if (i < cap) names[i] = t->name;
+  }
+  *count = n;
+  pthread_mutex_unlock(&cm->lock);
+  return 0;
+}
+
+int cumem_backend_counters(cumem_t *cm, cumem_backend_counters_t *out) {
+  if (!cm || !out) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_backend_counters: NULL argument");
+  cm->backend->counters(cm->backend, out);
+  return 0;
+}
+
+int cumem_device_count(cumem_t *cm, int *count) {
+  if (!cm || !count) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_device_count: NULL argument");
+  *count = cm->ndevices;
+  return 0;
+}
+
+int cumem_device_info(cumem_t *cm, int device, cumem_device_info_t *info) {
+  if (!cm || !info) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_device_info: NULL argument");
+  int rc = check_device(cm, device);
+  return rc ? rc : cm->backend->device_info(cm->backend, device, info);
+}
+
+/* ---- data access --------------------------------------------------------- */
+
+/* The allocation that holds all of [p, p + n), awake. */
+static int find_range(cumem_t *cm, const void *p, size_t n, alloc_t **out) {
+  alloc_t *a = table_find_containing(&cm->table, (uintptr_t)p);
+  if (!a) return CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is not inside a live cumem allocation", p);
+  if (n > a->size - ((uintptr_t)p - a->va))
+    return CUMEM_FAIL(CUMEM_EINVAL, "%zu bytes at %p run past the end of their allocation", n, p);
+  if (a->nmapped < a->nchunks)
+    return CUMEM_FAIL(CUMEM_EINVAL, "%p is asleep: wake it before touching its content", p);
+  *out = a;
+  return 0;
+}
+
+enum { TO_DEVICE, TO_HOST, SET };
+
+static int transfer(cumem_t *cm, int kind, void *dst, const void *src, int value, size_t n) {
+  if (!cm || !dst || (kind != SET && !src)) return CUMEM_FAIL(CUMEM_EINVAL, "copy: NULL argument");
+  if (n == 0) return 0;
+  cumem_backend_t *b = cm->backend;
+  pthread_mutex_lock(&cm->lock);
+  alloc_t *a = NULL;
+  int rc = find_range(cm, kind == TO_HOST ? src : dst, n, &a);
+  void *stream = NULL;
+  if (!rc) rc = b->stream_create(b, a->device, &stream);
+  if (!rc) {
+    if (kind == TO_DEVICE) rc = b->copy_to_device(b, (uintptr_t)dst, src, n, stream);
+    else if (kind == TO_HOST) rc = b->copy_to_host(b, dst, (uintptr_t)src, n, stream);
+    else rc = b->memset(b, (uintptr_t)dst, (unsigned char)value, n, stream);
+    int rc2 = b->stream_synchronize(b, stream);
+    if (!rc) rc = rc2;
+    rc2 = b->stream_destroy(b, stream);
+    if (!rc) rc = rc2;
+  }
+  pthread_mutex_unlock(&cm->lock);
+  return rc;
+}
+
+int cumem_copy_to_device(cumem_t *cm, void *dst, const void *src, size_t n) {
+  return transfer(cm, TO_DEVICE, dst, src, 0, n);
+}
+int cumem_copy_to_host(cumem_t *cm, void *dst, const void *src, size_t n) {
+  return transfer(cm, TO_HOST, dst, src, 0, n);
+}
+int cumem_memset(cumem_t *cm, void *dst, int value, size_t n) {
+  return transfer(cm, SET, dst, NULL, value, n);
+}

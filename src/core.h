@@ -1,0 +1,95 @@
+/* The core's data: instances, tags, allocations and their host backups. */
+#ifndef CUMEM_CORE_H
+#define CUMEM_CORE_H
+
+#include "internal.h"
+#include "hostmem.h"
+
+#include <pthread.h>
+
+#define CUMEM_MAX_DEVICES 64
+
+typedef struct tag {
+  struct tag *next;
+  char name[CUMEM_TAG_MAX + 1];
+} tag_t;
+
+/* The state of one chunk of physical memory. Each step up is one backend
+ * call, and a failure stops at the last state reached; so every state a
+ * failure can leave is described, and sleep, wake and free simply finish
+ * what is missing (a retry never redoes or skips a step). */
+enum chunk_state {
+  CHUNK_NONE,   /* no physical memory */
+  CHUNK_HANDLE, /* created (or its unmap succeeded but release failed) */
+  CHUNK_MAPPED, /* mapped, not yet accessible */
+  CHUNK_READY,  /* mapped and accessible: the only state content lives in */
+};
+
+/* One allocation. Its address range is reserved for life; its physical memory
+ * comes in `nchunks` chunks, each with its own state and handle. */
+typedef struct alloc {
+  uintptr_t va;
+  size_t size;       /* rounded to the granularity */
+  size_t requested;
+  size_t chunk;      /* bytes per chunk (the last may be shorter) */
+  size_t nchunks;
+  size_t nmapped;    /* chunks READY */
+  cumem_handle_t *handles;
+  unsigned char *state; /* enum chunk_state per chunk */
+  int reserved;      /* the address range is still reserved */
+  int device;
+  uint64_t peer_mask;
+  tag_t *tag;
+  hostbuf_t backup;  /* pinned host memory, kept across cycles when retained */
+  int backed_up;     /* the backup holds the content (set once copied) */
+  struct alloc *hash_next;          /* table bucket chain */
+  struct alloc *prev, *next;        /* every allocation, oldest first */
+} alloc_t;
+
+typedef struct table {
+  alloc_t **buckets;
+  size_t nbuckets, count;
+  alloc_t *first, *last;
+} table_t;
+
+typedef struct device {
+  int known; /* info read */
+  cumem_device_info_t info;
+} device_t;
+
+struct cumem {
+  cumem_backend_t *backend;
+  cumem_options_t opts;
+  pthread_mutex_t lock; /* guards everything below; held across sleep/wake */
+  table_t table;
+  tag_t *tags;
+  size_t ntags;
+  int ndevices;
+  device_t devices[CUMEM_MAX_DEVICES];
+};
+
+/* table.c: allocations by start address. */
+int table_init(table_t *t);
+void table_destroy(table_t *t);
+int table_insert(table_t *t, alloc_t *a);
+void table_remove(table_t *t, alloc_t *a);
+alloc_t *table_find(const table_t *t, uintptr_t va);
+alloc_t *table_find_containing(const table_t *t, uintptr_t addr);
+
+/* core.c: helpers the sleep engine shares. */
+int core_map_chunk(cumem_t *cm, alloc_t *a, size_t i);
+/* Any chunk holds physical memory (READY or not). */
+int core_holds_memory(const alloc_t *a);
+int core_unmap_chunk(cumem_t *cm, alloc_t *a, size_t i);
+size_t core_chunk_size(const alloc_t *a, size_t i);
+/* Resolve a NULL-terminated tag list: NULL = match all (*all = 1). Unknown
+ * tag names are CUMEM_ENOTAG. */
+int core_tag_set(cumem_t *cm, const char *const *names, tag_t ***out, size_t *n, int *all);
+int core_tag_in(tag_t *t, tag_t **set, size_t n, int all);
+
+/* sleep.c: the engine, over a list of allocations. */
+int engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned char *offload);
+int engine_wake(cumem_t *cm, alloc_t **list, size_t n);
+int engine_prepare(cumem_t *cm, alloc_t **list, size_t n);
+
+#endif

@@ -1,0 +1,163 @@
+/* Pinned host memory for backups (see hostmem.h for why it is built so). */
+#include "hostmem.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define HUGE_PAGE ((size_t)2 << 20)
+
+int hostbuf_map(hostbuf_t *hb, size_t size, size_t seg) {
+  memset(hb, 0, sizeof *hb);
+  if (size == 0 || seg == 0) return CUMEM_FAIL(CUMEM_EINVAL, "empty host buffer");
+  hb->nseg = (size + seg - 1) / seg;
+  hb->ready = calloc(hb->nseg, 1);
+  if (!hb->ready) return CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for %zu segment flags", hb->nseg);
+  /* Align to a huge page so that the kernel can back it with THP. */
+  size_t map_size = size + HUGE_PAGE;
+  void *base = mmap(NULL, map_size, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (base == MAP_FAILED) {
+    int e = errno;
+    free(hb->ready);
+    hb->ready = NULL;
+    return CUMEM_FAIL(CUMEM_ENOHOST, "mmap of %zu bytes of host backup failed: %s", map_size, strerror(e));
+  }
+  uintptr_t p = ((uintptr_t)base + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1);
+#ifdef MADV_HUGEPAGE
+  (void)madvise((void *)p, size, MADV_HUGEPAGE); /* a hint: fine if refused */
+#endif
+  hb->map_base = base;
+  hb->map_size = map_size;
+  hb->ptr = (unsigned char *)p;
+  hb->size = size;
+  hb->seg = seg;
+  return 0;
+}
+
+size_t hostbuf_segment_size(const hostbuf_t *hb, size_t i) {
+  size_t off = i * hb->seg;
+  return hb->size - off < hb->seg ? hb->size - off : hb->seg;
+}
+
+int hostbuf_prepare_segment(cumem_backend_t *b, hostbuf_t *hb, size_t i) {
+  if (hb->ready[i]) return 0;
+  unsigned char *p = hb->ptr + i * hb->seg;
+  size_t n = hostbuf_segment_size(hb, i);
+  /* First touch: the kernel allocates the pages here, in parallel across
+   * workers, instead of one by one inside the driver's registration. */
+  long page = sysconf(_SC_PAGESIZE);
+  for (size_t off = 0; off < n; off += (size_t)page) p[off] = 0;
+  int rc = b->host_register(b, p, n);
+  if (rc) return rc;
+  hb->ready[i] = 1;
+  return 0;
+}
+
+int hostbuf_free(cumem_backend_t *b, hostbuf_t *hb) {
+  if (!hb->ptr) return 0;
+  for (size_t i = 0; i < hb->nseg; i++) {
+    if (!hb->ready[i]) continue;
+    int rc = b->host_unregister(b, hb->ptr + i * hb->seg);
+    if (rc) return rc;
+    hb->ready[i] = 0;
+  }
+  if (munmap(hb->map_base, hb->map_size) != 0)
+    return CUMEM_FAIL(CUMEM_ENOHOST, "munmap of host backup failed: %s", strerror(errno));
+  free(hb->ready);
+  memset(hb, 0, sizeof *hb);
+  return 0;
+}
+
+size_t hostbuf_held(const hostbuf_t *hb) { return hb->ptr ? hb->size : 0; }
+
+/* ---- the preparer pool ---- */
+
+static void *prep_worker(void *arg) {
+  preparer_t *p = arg;
+  pthread_mutex_lock(&p->mu);
+  while (!p->error && p->next < p->njobs) {
+    size_t k = p->next++;
+    pthread_mutex_unlock(&p->mu);
+    int rc = hostbuf_prepare_segment(p->backend, p->jobs[k].hb, p->jobs[k].seg);
+    pthread_mutex_lock(&p->mu);
+    p->state[k] = rc ? -1 : 1;
+    if (rc && !p->error) {
+      p->error = rc;
+      cumem__error_save(&p->detail);
+    }
+    pthread_cond_broadcast(&p->cv);
+  }
+  pthread_mutex_unlock(&p->mu);
+  return NULL;
+}
+
+int preparer_start(preparer_t *p, cumem_backend_t *b, prep_job_t *jobs, size_t njobs, int threads) {
+  memset(p, 0, sizeof *p);
+  p->backend = b;
+  p->jobs = jobs;
+  p->njobs = njobs;
+  if (njobs == 0) return 0;
+  if ((size_t)threads > njobs) threads = (int)njobs;
+  if (threads < 1) threads = 1;
+  p->state = calloc(njobs, 1);
+  p->threads = calloc((size_t)threads, sizeof *p->threads);
+  if (!p->state || !p->threads) {
+    free(p->state);
+    free(p->threads);
+    memset(p, 0, sizeof *p);
+    return CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for the backup preparer");
+  }
+  pthread_mutex_init(&p->mu, NULL);
+  pthread_cond_init(&p->cv, NULL);
+  for (int i = 0; i < threads; i++) {
+    int e = pthread_create(&p->threads[i], NULL, prep_worker, p);
+    if (e) break; /* fewer workers is slower, not wrong */
+    p->nthreads++;
+  }
+  if (p->nthreads == 0) {
+    /* Not one thread: prepare inline, in the consumer's waits. */
+    cumem__log("no preparer threads could start; preparing inline");
+  }
+  return 0;
+}
+
+int preparer_wait(preparer_t *p, size_t k) {
+  if (p->nthreads == 0) {
+    /* Inline mode: prepare everything up to k here. */
+    for (; p->next <= k && !p->error; p->next++) {
+      int rc = hostbuf_prepare_segment(p->backend, p->jobs[p->next].hb, p->jobs[p->next].seg);
+      p->state[p->next] = rc ? -1 : 1;
+      if (rc) { p->error = rc; cumem__error_save(&p->detail); }
+    }
+    if (p->state[k] == 1) return 0;
+    cumem__error_restore(&p->detail);
+    return p->error;
+  }
+  pthread_mutex_lock(&p->mu);
+  while (p->state[k] == 0 && !(p->error && k >= p->next))
+    pthread_cond_wait(&p->cv, &p->mu);
+  int rc = p->state[k] == 1 ? 0 : p->error;
+  if (rc) cumem__error_restore(&p->detail);
+  pthread_mutex_unlock(&p->mu);
+  return rc;
+}
+
+int preparer_finish(preparer_t *p) {
+  if (p->njobs == 0) return 0;
+  if (p->nthreads) {
+    pthread_mutex_lock(&p->mu);
+    p->next = p->njobs; /* hand out nothing more */
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < p->nthreads; i++) pthread_join(p->threads[i], NULL);
+  }
+  int rc = p->error;
+  pthread_mutex_destroy(&p->mu);
+  pthread_cond_destroy(&p->cv);
+  free(p->state);
+  free(p->threads);
+  memset(p, 0, sizeof *p);
+  return rc;
+}

@@ -1,0 +1,27 @@
+/* Internal helpers shared by the core and the backends. */
+#ifndef CUMEM_INTERNAL_H
+#define CUMEM_INTERNAL_H
+
+#include "cumem.h"
+#include "cumem_backend.h"
+
+#include <stdarg.h>
+
+/* Record this thread's error detail ("<file>:<line>: <message>") and return
+ * code, so that a failure reads `return CUMEM_FAIL(CUMEM_EINVAL, "...", ...)`. */
+int cumem__set_error(int code, const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+#define CUMEM_FAIL(code, ...) \
+  cumem__set_error((code), __FILE__, __LINE__, __VA_ARGS__)
+
+/* Save and restore this thread's detail around clean-up code, so that the
+ * first failure's detail is the one the caller sees. */
+typedef struct { char text[512]; } cumem__error_save_t;
+void cumem__error_save(cumem__error_save_t *s);
+void cumem__error_restore(const cumem__error_save_t *s);
+
+/* Verbose logging (CUMEM_VERBOSE). */
+void cumem__log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+extern int cumem__verbose;
+
+#endif

@@ -1,0 +1,41 @@
+/* Options: the defaults, and the CUMEM_* environment variables that override
+ * them. The one place where the library reads its environment (the host
+ * backend reads its own emulation settings, CUMEM_HOST_*, in its file). */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MiB ((size_t)1 << 20)
+
+/* A non-negative integer from the environment, or `fallback` when unset or
+ * malformed (a malformed value is reported once in verbose mode). */
+static long long env_int(const char *name, long long fallback) {
+  const char *s = getenv(name);
+  if (!s || !*s) return fallback;
+  char *end;
+  long long v = strtoll(s, &end, 10);
+  if (*end || v < 0) {
+    cumem__log("ignoring %s=%s (expected a non-negative integer)", name, s);
+    return fallback;
+  }
+  return v;
+}
+
+void cumem_options_init(cumem_options_t *opts) {
+  if (!opts) return;
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  memset(opts, 0, sizeof *opts);
+  opts->verbose = (int)env_int("CUMEM_VERBOSE", 0);
+  if (opts->verbose) cumem__verbose = 1;
+  const char *backend = getenv("CUMEM_BACKEND");
+  opts->backend = backend && *backend ? backend : "auto";
+  opts->chunk_size = (size_t)env_int("CUMEM_CHUNK_SIZE_MB", 0) * MiB;
+  opts->zero_on_wake = env_int("CUMEM_ZERO_ON_WAKE", 0) != 0;
+  opts->retain_backup = env_int("CUMEM_RETAIN_BACKUP", 1) != 0;
+  opts->copy_chunk = (size_t)env_int("CUMEM_COPY_CHUNK_MB", 64) * MiB;
+  if (opts->copy_chunk == 0) opts->copy_chunk = 64 * MiB;
+  opts->host_threads = (int)env_int("CUMEM_HOST_THREADS", cores < 1 ? 1 : cores > 16 ? 16 : cores);
+  if (opts->host_threads < 1) opts->host_threads = 1;
+}

@@ -1,0 +1,365 @@
+/* Sleep and wake: the engine, and the public calls that pick allocations.
+ *
+ * Sleep, for a list of allocations:
+ *   1. wait for every device involved (unmap does not wait for kernels);
+ *   2. for the allocations to offload, prepare pinned host segments on a
+ *      pool of threads while the segments already prepared are copied
+ *      device-to-host on one stream per device;
+ *   3. release each allocation's physical memory as soon as its own copies
+ *      are done (an event per allocation), overlapped with the next copies;
+ *      discarded allocations are released at once.
+ * Wake, for a list of allocations:
+ *   1. create and map the missing chunks of each allocation, queue the
+ *      host-to-device copy of its backup and go on to map the next one
+ *      while that copy runs;
+ *   2. wait for all copies; only then are backups marked spent (and given
+ *      back when retention is off). On any failure everything this wake
+ *      mapped is released again and every backup is kept.
+ */
+#include "core.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* One stream per device, created on first use within a call. */
+typedef struct streams {
+  void *s[CUMEM_MAX_DEVICES];
+} streams_t;
+
+static int stream_for(cumem_t *cm, streams_t *st, int device, void **out) {
+  if (!st->s[device]) {
+    int rc = cm->backend->stream_create(cm->backend, device, &st->s[device]);
+    if (rc) return rc;
+  }
+  *out = st->s[device];
+  return 0;
+}
+
+/* Wait for and destroy every stream; returns the first failure. */
+static int streams_finish(cumem_t *cm, streams_t *st) {
+  int first = 0;
+  for (int d = 0; d < CUMEM_MAX_DEVICES; d++) {
+    if (!st->s[d]) continue;
+    int rc = cm->backend->stream_synchronize(cm->backend, st->s[d]);
+    int rc2 = cm->backend->stream_destroy(cm->backend, st->s[d]);
+    st->s[d] = NULL;
+    if (!first) first = rc ? rc : rc2;
+  }
+  return first;
+}
+
+static int release_alloc_memory(cumem_t *cm, alloc_t *a) {
+  for (size_t i = 0; i < a->nchunks; i++) { /* handles left by failures too */
+    int rc = core_unmap_chunk(cm, a, i);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+/* Map a host buffer for a's backup, unless one is already there. */
+static int ensure_backup_buffer(cumem_t *cm, alloc_t *a) {
+  if (a->backup.ptr) return 0;
+  return hostbuf_map(&a->backup, a->size, cm->opts.copy_chunk);
+}
+
+/* The segments of the listed allocations' backups still to prepare. */
+static int collect_jobs(cumem_t *cm, alloc_t **list, size_t n, const unsigned char *want,
+                        prep_job_t **jobs_out, size_t *njobs_out, size_t *first_job) {
+  size_t njobs = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!want[i]) continue;
+    int rc = ensure_backup_buffer(cm, list[i]);
+    if (rc) return rc;
+    for (size_t s = 0; s < list[i]->backup.nseg; s++) njobs += !list[i]->backup.ready[s];
+  }
+  prep_job_t *jobs = calloc(njobs ? njobs : 1, sizeof *jobs);
+  if (!jobs) return CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for %zu backup jobs", njobs);
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++) {
+    first_job[i] = k;
+    if (!want[i]) continue;
+    for (size_t s = 0; s < list[i]->backup.nseg; s++)
+      if (!list[i]->backup.ready[s]) jobs[k++] = (prep_job_t){&list[i]->backup, s};
+  }
+  *jobs_out = jobs;
+  *njobs_out = njobs;
+  return 0;
+}
+
+int engine_prepare(cumem_t *cm, alloc_t **list, size_t n) {
+  unsigned char *want = malloc(n ? n : 1);
+  size_t *first = malloc((n ? n : 1) * sizeof *first);
+  prep_job_t *jobs = NULL;
+  size_t njobs = 0;
+  int rc = want && first ? 0 : CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory");
+  if (!rc) {
+    memset(want, 1, n);
+    rc = collect_jobs(cm, list, n, want, &jobs, &njobs, first);
+  }
+  preparer_t prep;
+  if (!rc) rc = preparer_start(&prep, cm->backend, jobs, njobs, cm->opts.host_threads);
+  if (!rc) {
+    for (size_t k = 0; k < njobs && !rc; k++) rc = preparer_wait(&prep, k);
+    int rc2 = preparer_finish(&prep);
+    if (!rc) rc = rc2;
+  }
+  free(jobs);
+  free(first);
+  free(want);
+  return rc;
+}
+
+/* An allocation whose copies are queued and whose release waits for them. */
+typedef struct pending {
+  alloc_t *a;
+  void *event;
+} pending_t;
+
+/* Wait for p's copies, then mark it backed up and release its memory. */
+static int complete_offload(cumem_t *cm, pending_t *p) {
+  int rc = cm->backend->event_synchronize(cm->backend, p->event);
+  if (rc) return rc;
+  p->a->backed_up = 1;
+  return release_alloc_memory(cm, p->a);
+}
+
+int engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned char *offload) {
+  cumem_backend_t *b = cm->backend;
+  int rc = 0;
+
+  /* 1. Quiesce the devices. */
+  uint64_t devices = 0;
+  for (size_t i = 0; i < n; i++)
+    if (core_holds_memory(list[i])) devices |= (uint64_t)1 << list[i]->device;
+  for (int d = 0; d < cm->ndevices && !rc; d++)
+    if (devices >> d & 1) rc = b->synchronize(b, d);
+  if (rc) return rc;
+
+  /* 2. What to copy: offloaded allocations, fully mapped, not yet backed up.
+   * (One that is partly released already lost or saved its content.) */
+  unsigned char *copy = calloc(n ? n : 1, 1);
+  size_t *first = calloc(n ? n : 1, sizeof *first);
+  if (!copy || !first) rc = CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory");
+  for (size_t i = 0; !rc && i < n; i++)
+    copy[i] = offload[i] && list[i]->nmapped == list[i]->nchunks && !list[i]->backed_up;
+  prep_job_t *jobs = NULL;
+  size_t njobs = 0;
+  if (!rc) rc = collect_jobs(cm, list, n, copy, &jobs, &njobs, first);
+  preparer_t prep;
+  int prep_started = 0;
+  if (!rc) {
+    rc = preparer_start(&prep, b, jobs, njobs, cm->opts.host_threads);
+    prep_started = !rc;
+  }
+
+  /* 3. Copy, and release behind the copies. */
+  streams_t st = {0};
+  pending_t pend = {0}; /* at most one allocation waits for its copies */
+  for (size_t i = 0; !rc && i < n; i++) {
+    alloc_t *a = list[i];
+    if (!copy[i]) {
+      rc = release_alloc_memory(cm, a); /* discarded, or already backed up */
+      continue;
+    }
+    void *stream, *event = NULL;
+    rc = stream_for(cm, &st, a->device, &stream);
+    size_t k = first[i];
+    for (size_t s = 0; !rc && s < a->backup.nseg; s++) {
+      /* Segments prepared by this call are waited for; others were ready. */
+      if (k < njobs && jobs[k].hb == &a->backup && jobs[k].seg == s) rc = preparer_wait(&prep, k++);
+      if (!rc)
+        rc = b->copy_to_host(b, a->backup.ptr + s * a->backup.seg, a->va + s * a->backup.seg,
+                             hostbuf_segment_size(&a->backup, s), stream);
+    }
+    if (!rc) rc = b->event_create(b, a->device, &event);
+    if (!rc) rc = b->event_record(b, event, stream);
+    if (rc) {
+      if (event) b->event_destroy(b, event);
+      break;
+    }
+    if (pend.a) {
+      rc = complete_offload(cm, &pend);
+      b->event_destroy(b, pend.event);
+      pend.a = NULL;
+    }
+    pend = (pending_t){a, event};
+  }
+  if (pend.a) {
+    if (!rc) rc = complete_offload(cm, &pend);
+    b->event_destroy(b, pend.event);
+  }
+
+  /* Never return while copies into host memory are still running. */
+  cumem__error_save_t e;
+  cumem__error_save(&e);
+  int rc2 = streams_finish(cm, &st);
+  if (prep_started) {
+    int rc3 = preparer_finish(&prep);
+    if (!rc2) rc2 = rc3;
+  }
+  if (rc) cumem__error_restore(&e); else rc = rc2;
+  free(jobs);
+  free(first);
+  free(copy);
+  return rc;
+}
+
+/* A chunk this wake mapped, to undo on failure. */
+typedef struct mapped_chunk { alloc_t *a; size_t i; } mapped_chunk_t;
+
+int engine_wake(cumem_t *cm, alloc_t **list, size_t n) {
+  cumem_backend_t *b = cm->backend;
+  size_t cap = 0;
+  for (size_t i = 0; i < n; i++) cap += list[i]->nchunks - list[i]->nmapped;
+  /* (chunks already READY are neither mapped nor undone here) */
+  mapped_chunk_t *undo = malloc((cap ? cap : 1) * sizeof *undo);
+  if (!undo) return CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory");
+  size_t nundo = 0;
+  streams_t st = {0};
+  int rc = 0;
+
+  for (size_t i = 0; !rc && i < n; i++) {
+    alloc_t *a = list[i];
+    for (size_t c = 0; !rc && c < a->nchunks; c++) {
+      if (a->state[c] == CHUNK_READY) continue;
+      rc = core_map_chunk(cm, a, c);
+      if (!rc) undo[nundo++] = (mapped_chunk_t){a, c};
+    }
+    if (rc) break;
+    /* Queue the restore; mapping the next allocation overlaps with it. */
+    void *stream;
+    if (a->backed_up || cm->opts.zero_on_wake) rc = stream_for(cm, &st, a->device, &stream);
+    if (!rc && a->backed_up) {
+      for (size_t s = 0; !rc && s < a->backup.nseg; s++)
+        rc = b->copy_to_device(b, a->va + s * a->backup.seg, a->backup.ptr + s * a->backup.seg,
+                               hostbuf_segment_size(&a->backup, s), stream);
+    } else if (!rc && cm->opts.zero_on_wake) {
+      rc = b->memset(b, a->va, 0, a->size, stream);
+    }
+  }
+
+  cumem__error_save_t e;
+  cumem__error_save(&e);
+  int rc2 = streams_finish(cm, &st);
+  if (rc) cumem__error_restore(&e); else rc = rc2;
+
+  if (rc) {
+    /* Undo only what this call mapped; the backups are untouched. */
+    cumem__error_save(&e);
+    for (size_t k = nundo; k-- > 0;)
+      if (core_unmap_chunk(cm, undo[k].a, undo[k].i) != 0)
+        cumem__log("could not undo a mapping of a failed wake; it stays mapped");
+    cumem__error_restore(&e);
+  } else {
+    for (size_t i = 0; i < n; i++) {
+      alloc_t *a = list[i];
+      a->backed_up = 0;
+      if (!cm->opts.retain_backup && hostbuf_free(b, &a->backup) != 0)
+        cumem__log("could not give back a host backup after wake; it stays held");
+    }
+  }
+  free(undo);
+  return rc;
+}
+
+/* ---- the public calls ---------------------------------------------------- */
+
+/* Allocations matching the tag set, and (for sleep) those not yet fully
+ * asleep / (for wake) those not fully awake. */
+static int select_allocs(cumem_t *cm, tag_t **set, size_t nset, int all, int asleep_ones,
+                         alloc_t ***out, size_t *n) {
+  size_t count = 0;
+  for (alloc_t *a = cm->table.first; a; a = a->next) count++;
+  alloc_t **list = malloc((count ? count : 1) * sizeof *list);
+  if (!list) return CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory");
+  size_t k = 0;
+  for (alloc_t *a = cm->table.first; a; a = a->next) {
+    if (!core_tag_in(a->tag, set, nset, all)) continue;
+    /* A backup not yet restored (a wake whose undo failed) counts as asleep. */
+    int wanted = asleep_ones ? a->nmapped < a->nchunks || a->backed_up : core_holds_memory(a);
+    if (wanted) list[k++] = a;
+  }
+  *out = list;
+  *n = k;
+  return 0;
+}
+
+int cumem_sleep(cumem_t *cm, const char *const *tags, const char *const *offload_tags) {
+  if (!cm) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_sleep: instance is NULL");
+  pthread_mutex_lock(&cm->lock);
+  tag_t **set = NULL, **off = NULL;
+  size_t nset = 0, noff = 0, n = 0;
+  int all = 0, off_all = 0;
+  alloc_t **list = NULL;
+  unsigned char *offload = NULL;
+  int rc = core_tag_set(cm, tags, &set, &nset, &all);
+  if (!rc && offload_tags) rc = core_tag_set(cm, offload_tags, &off, &noff, &off_all);
+  if (!rc) rc = select_allocs(cm, set, nset, all, 0, &list, &n);
+  if (!rc && !(offload = calloc(n ? n : 1, 1))) rc = CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory");
+  for (size_t i = 0; !rc && i < n; i++)
+    offload[i] = offload_tags && core_tag_in(list[i]->tag, off, noff, off_all);
+  if (!rc) rc = engine_sleep(cm, list, n, offload);
+  pthread_mutex_unlock(&cm->lock);
+  free(offload);
+  free(list);
+  free(off);
+  free(set);
+  return rc;
+}
+
+/* Wake (or prepare) the allocations of a tag list. */
+static int run_on_tags(cumem_t *cm, const char *const *tags, int asleep_ones,
+                       int (*engine)(cumem_t *, alloc_t **, size_t)) {
+  pthread_mutex_lock(&cm->lock);
+  tag_t **set = NULL;
+  size_t nset = 0, n = 0;
+  int all = 0;
+  alloc_t **list = NULL;
+  int rc = core_tag_set(cm, tags, &set, &nset, &all);
+  if (!rc) rc = select_allocs(cm, set, nset, all, asleep_ones, &list, &n);
+  if (!rc) rc = engine(cm, list, n);
+  pthread_mutex_unlock(&cm->lock);
+  free(list);
+  free(set);
+  return rc;
+}
+
+int cumem_wake(cumem_t *cm, const char *const *tags) {
+  if (!cm) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_wake: instance is NULL");
+  return run_on_tags(cm, tags, 1, engine_wake);
+}
+
+int cumem_prepare_backup(cumem_t *cm, const char *const *tags) {
+  if (!cm) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_prepare_backup: instance is NULL");
+  return run_on_tags(cm, tags, 0, engine_prepare);
+}
+
+static int release_backups(cumem_t *cm, alloc_t **list, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    if (list[i]->backed_up) continue; /* still holds a sleeping content */
+    int rc = hostbuf_free(cm->backend, &list[i]->backup);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+int cumem_release_backup(cumem_t *cm, const char *const *tags) {
+  if (!cm) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_release_backup: instance is NULL");
+  return run_on_tags(cm, tags, 0, release_backups);
+}
+
+/* One allocation, for the seed ABI. */
+static int one_alloc(cumem_t *cm, void *ptr, int wake) {
+  if (!cm || !ptr) return CUMEM_FAIL(CUMEM_EINVAL, "NULL argument");
+  pthread_mutex_lock(&cm->lock);
+  alloc_t *a = table_find(&cm->table, (uintptr_t)ptr);
+  int rc = a ? 0 : CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is not the start of a live cumem allocation", ptr);
+  unsigned char no_offload = 0;
+  if (!rc && wake && (a->nmapped < a->nchunks || a->backed_up)) rc = engine_wake(cm, &a, 1);
+  if (!rc && !wake && a->nmapped > 0) rc = engine_sleep(cm, &a, 1, &no_offload);
+  pthread_mutex_unlock(&cm->lock);
+  return rc;
+}
+
+int cumem_unmap_release(cumem_t *cm, void *ptr) { return one_alloc(cm, ptr, 0); }
+int cumem_create_map(cumem_t *cm, void *ptr) { return one_alloc(cm, ptr, 1); }

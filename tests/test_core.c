@@ -1,0 +1,369 @@
+/* The core's contract: addresses, bit-exact restore, discard, tags,
+ * idempotence, free in every state, bad input, retention, out of memory. */
+#include "harness.h"
+
+#define MiB ((size_t)1 << 20)
+
+static size_t granularity(cumem_t *cm) {
+  cumem_device_info_t info;
+  return cumem_device_info(cm, 0, &info) == 0 ? info.granularity : 0;
+}
+
+static cumem_t *open_with(const cumem_options_t *opts) {
+  cumem_t *cm = NULL;
+  return test_open(&cm, NULL, opts) == 0 ? cm : NULL;
+}
+
+static cumem_t *open_default(void) { return open_with(NULL); }
+
+TEST(alloc_rounds_to_granularity) {
+  cumem_t *cm = open_default();
+  CHECK(cm);
+  size_t g = granularity(cm);
+  CHECK(g > 0);
+  void *p = NULL;
+  CHECK_OK(cumem_alloc(cm, &p, g + 1, 0, "w"));
+  CHECK(p && (uintptr_t)p % g == 0);
+  cumem_alloc_info_t info;
+  CHECK_OK(cumem_query(cm, (char *)p + g + 5, &info)); /* any address inside */
+  CHECK(info.ptr == p && info.size == 2 * g && info.requested == g + 1);
+  CHECK(strcmp(info.tag, "w") == 0 && !info.asleep && !info.backed_up);
+  cumem_backend_counters_t c;
+  CHECK_OK(cumem_backend_counters(cm, &c));
+  CHECK(c.reservations == 1 && c.handles == 1 && c.mappings == 1);
+  CHECK_OK(fill_pattern(cm, p, g + 1, 1));
+  CHECK(has_pattern(cm, p, g + 1, 1));
+  CHECK_OK(cumem_free(cm, p));
+  CHECK(counters_zero(cm));
+  CHECK_OK(cumem_close(cm));
+}
+
+TEST(sleep_offload_restores_bit_exact_at_same_address) {
+  cumem_t *cm = open_default();
+  CHECK(cm);
+  size_t g = granularity(cm), wsize = 3 * g + 12345, ksize = 4 * g;
+  void *w = NULL, *k = NULL;
+  CHECK_OK(cumem_alloc(cm, &w, wsize, 0, "weights"));
+  CHECK_OK(cumem_alloc(cm, &k, ksize, 0, "kv"));
+  CHECK_OK(fill_pattern(cm, w, wsize, 7));
+  CHECK_OK(fill_pattern(cm, k, ksize, 8));
+  cumem_device_info_t before, asleep;
+  CHECK_OK(cumem_device_info(cm, 0, &before));
+
+  const char *off[] = {"weights", NULL};
+  CHECK_OK(cumem_sleep(cm, NULL, off));
+  cumem_alloc_info_t iw, ik;
+  CHECK_OK(cumem_query(cm, w, &iw));
+  CHECK_OK(cumem_query(cm, k, &ik));
+  CHECK(iw.asleep && iw.backed_up && ik.asleep && !ik.backed_up);
+  cumem_stats_t s;
+  CHECK_OK(cumem_stats(cm, NULL, &s));
+  CHECK(s.allocations == 2 && s.bytes_mapped == 0 && s.bytes_asleep == s.bytes_allocated);
+  CHECK(s.bytes_backed_up == iw.size);
+  cumem_backend_counters_t c;
+  CHECK_OK(cumem_backend_counters(cm, &c));
+  CHECK(c.handles == 0 && c.mappings == 0 && c.reservations == 2 && c.streams == 0 && c.events == 0);
+  /* The device really got its memory back (other processes may allocate on
+   * a real GPU, so allow slack of a quarter). */
+  CHECK_OK(cumem_device_info(cm, 0, &asleep));
+  CHECK(asleep.free_bytes >= before.free_bytes + (iw.size + ik.size) * 3 / 4);
+  /* Asleep memory cannot be touched through cumem. */
+  unsigned char byte;
+  CHECK_RC(cumem_copy_to_host(cm, &byte, w, 1), CUMEM_EINVAL);
+
+  CHECK_OK(cumem_wake(cm, NULL));
+  CHECK_OK(cumem_query(cm, w, &iw));
+  CHECK(iw.ptr == w && !iw.asleep && !iw.backed_up);
+  CHECK(has_pattern(cm, w, wsize, 7));
+  CHECK_OK(cumem_stats(cm, NULL, &s));
+  CHECK(s.bytes_mapped == s.bytes_allocated && s.bytes_asleep == 0 && s.bytes_backed_up == 0);
+  CHECK_OK(cumem_close(cm));
+}
+
+TEST(discarded_content_reads_zero_with_zero_on_wake) {
+  cumem_options_t o;
+  cumem_options_init(&o);
+  o.zero_on_wake = 1;
+  cumem_t *cm = open_with(&o);
+  CHECK(cm);
+  size_t n = 2 * granularity(cm);
+  void *k;
+  CHECK_OK(cumem_alloc(cm, &k, n, 0, "kv"));
+  CHECK_OK(fill_pattern(cm, k, n, 3));
+  CHECK_OK(cumem_sleep(cm, NULL, NULL));
+  CHECK_OK(cumem_wake(cm, NULL));
+  unsigned char *h = malloc(n);
+  CHECK(h);
+  CHECK_OK(cumem_copy_to_host(cm, h, k, n));
+  size_t nonzero = 0;
+  for (size_t i = 0; i < n; i++) nonzero += h[i] != 0;
+  free(h);
+  CHECK(nonzero == 0);
+  CHECK_OK(cumem_close(cm));
+}
+
+TEST(tags_sleep_and_wake_independently) {
+  cumem_t *cm = open_default();
+  CHECK(cm);
+  size_t n = granularity(cm);
+  void *a, *b, *c;
+  CHECK_OK(cumem_alloc(cm, &a, n, 0, "A"));
+  CHECK_OK(cumem_alloc(cm, &b, n, 0, "B"));
+  CHECK_OK(cumem_set_current_tag("C"));
+  CHECK_OK(cumem_alloc(cm, &c, n, 0, NULL));
+  CHECK_OK(cumem_set_current_tag(NULL));
+  CHECK(strcmp(cumem_current_tag(), "default") == 0);
+  cumem_alloc_info_t info;
+  CHECK_OK(cumem_query(cm, c, &info));
+  CHECK(strcmp(info.tag, "C") == 0);
+  CHECK_OK(fill_pattern(cm, a, n, 1));
+  CHECK_OK(fill_pattern(cm, b, n, 2));
+  CHECK_OK(fill_pattern(cm, c, n, 3));
+
+  const char *A[] = {"A", NULL}, *B[] = {"B", NULL}, *AC[] = {"A", "C", NULL};
+  CHECK_OK(cumem_sleep(cm, AC, AC));
+  cumem_stats_t sa, sb, sc;
+  CHECK_OK(cumem_stats(cm, "A", &sa));
+  CHECK_OK(cumem_stats(cm, "B", &sb));
+  CHECK_OK(cumem_stats(cm, "C", &sc));
+  CHECK(sa.bytes_asleep == n && sa.bytes_backed_up == n && sb.bytes_mapped == n && sc.bytes_asleep == n);
+  CHECK(has_pattern(cm, b, n, 2)); /* B kept working */
+  CHECK_OK(cumem_wake(cm, A));
+  CHECK(has_pattern(cm, a, n, 1));
+  CHECK_OK(cumem_query(cm, c, &info));
+  CHECK(info.asleep); /* C still asleep */
+  CHECK_OK(cumem_sleep(cm, B, B));
+  CHECK_OK(cumem_wake(cm, NULL));
+  CHECK(has_pattern(cm, b, n, 2) && has_pattern(cm, c, n, 3));
+
+  const char *names[8];
+  size_t count = 0;
+  CHECK_OK(cumem_tags(cm, names, 8, &count));
+  CHECK(count == 3 && strcmp(names[0], "A") == 0 && strcmp(names[2], "C") == 0);
+  CHECK_OK(cumem_close(cm));
+}
+
+TEST(sleep_and_wake_are_idempotent) {
+  cumem_t *cm = open_default();
+  CHECK(cm);
+  size_t n = 2 * granularity(cm);
+  void *w;
+  CHECK_OK(cumem_alloc(cm, &w, n, 0, "w"));
+  CHECK_OK(fill_pattern(cm, w, n, 5));
+  const char *W[] = {"w", NULL};
+  CHECK_OK(cumem_wake(cm, NULL)); /* awake: no-op */
+  CHECK_OK(cumem_sleep(cm, NULL, W));
+  CHECK_OK(cumem_sleep(cm, NULL, W)); /* asleep: no-op, backup kept */
+  CHECK_OK(cumem_sleep(cm, W, NULL)); /* not even a discard */
+  CHECK_OK(cumem_wake(cm, W));
+  CHECK_OK(cumem_wake(cm, W));
+  CHECK(has_pattern(cm, w, n, 5));
+  /* A second cycle reuses the retained backup and still restores. */
+  CHECK_OK(fill_pattern(cm, w, n, 6));
+  CHECK_OK(cumem_sleep(cm, NULL, W));
+  CHECK_OK(cumem_wake(cm, NULL));
+  CHECK(has_pattern(cm, w, n, 6));
+  CHECK_OK(cumem_close(cm));
+}
+
+TEST(free_in_every_state_releases_once) {
+  cumem_t *cm = open_default();
+  CHECK(cm);
+  size_t n = granularity(cm);
+  void *a, *b, *c;
+  CHECK_OK(cumem_alloc(cm, &a, n, 0, "w"));
+  CHECK_OK(cumem_alloc(cm, &b, n, 0, "kv"));
+  CHECK_OK(cumem_alloc(cm, &c, n, 0, "w"));
+  const char *W[] = {"w", NULL};
+  CHECK_OK(cumem_sleep(cm, NULL, W));
+  CHECK_OK(cumem_free(cm, a)); /* asleep, backed up */
+  CHECK_OK(cumem_free(cm, b)); /* asleep, discarded */
+  CHECK_RC(cumem_free(cm, a), CUMEM_ENOTFOUND); /* double free */
+  CHECK_OK(cumem_wake(cm, NULL));
+  CHECK_OK(cumem_free_on_stream(cm, c, NULL)); /* awake, retained backup */
+  CHECK(counters_zero(cm));
+  cumem_stats_t s;
+  CHECK_OK(cumem_stats(cm, NULL, &s));
+  CHECK(s.allocations == 0 && s.bytes_allocated == 0 && s.bytes_host_held == 0);
+  CHECK_OK(cumem_close(cm));
+}
+
+TEST(bad_input_is_refused_and_changes_nothing) {
+  cumem_t *cm = open_default();
+  CHECK(cm);
+  size_t g = granularity(cm);
+  void *p = NULL, *q = (void *)1;
+  CHECK_OK(cumem_alloc(cm, &p, g, 0, "w"));
+  cumem_stats_t before, after;
+  cumem_backend_counters_t cb, ca;
+  CHECK_OK(cumem_stats(cm, NULL, &before));
+  CHECK_OK(cumem_backend_counters(cm, &cb));
+  cumem_device_info_t info;
+  CHECK_OK(cumem_device_info(cm, 0, &info));
+  int ndev = 0;
+  CHECK_OK(cumem_device_count(cm, &ndev));
+
+  CHECK_RC(cumem_alloc(NULL, &q, g, 0, NULL), CUMEM_EINVAL);
+  CHECK_RC(cumem_alloc(cm, NULL, g, 0, NULL), CUMEM_EINVAL);
+  CHECK_RC(cumem_alloc(cm, &q, 0, 0, NULL), CUMEM_EINVAL);
+  CHECK(q == NULL);
+  CHECK_RC(cumem_alloc(cm, &q, info.total_bytes + 1, 0, NULL), CUMEM_E2BIG);
+  CHECK_RC(cumem_alloc(cm, &q, SIZE_MAX, 0, NULL), CUMEM_E2BIG);
+  CHECK_RC(cumem_alloc(cm, &q, g, -1, NULL), CUMEM_ENODEV);
+  CHECK_RC(cumem_alloc(cm, &q, g, ndev, NULL), CUMEM_ENODEV);
+  CHECK_RC(cumem_alloc_ex(cm, &q, g, 0, NULL, (uint64_t)1 << 63), CUMEM_ENODEV);
+  CHECK_RC(cumem_alloc(cm, &q, g, 0, ""), CUMEM_EINVAL);
+  char long_tag[CUMEM_TAG_MAX + 2];
+  memset(long_tag, 'x', sizeof long_tag - 1);
+  long_tag[sizeof long_tag - 1] = 0;
+  CHECK_RC(cumem_alloc(cm, &q, g, 0, long_tag), CUMEM_EINVAL);
+  CHECK_RC(cumem_set_current_tag(long_tag), CUMEM_EINVAL);
+  CHECK(strcmp(cumem_current_tag(), "default") == 0);
+  CHECK(strlen(cumem_last_error()) > 0);
+
+  int local;
+  CHECK_RC(cumem_free(cm, &local), CUMEM_ENOTFOUND);
+  CHECK_RC(cumem_free(cm, NULL), CUMEM_EINVAL);
+  CHECK_RC(cumem_free(cm, (char *)p + 64), CUMEM_EINVAL); /* inside, not the start */
+  CHECK_RC(cumem_query(cm, &local, &(cumem_alloc_info_t){0}), CUMEM_ENOTFOUND);
+
+  const char *unknown[] = {"w", "nope", NULL}, *w[] = {"w", NULL};
+  CHECK_RC(cumem_sleep(cm, unknown, NULL), CUMEM_ENOTAG);
+  CHECK_RC(cumem_sleep(cm, NULL, unknown), CUMEM_ENOTAG);
+  CHECK_RC(cumem_wake(cm, unknown), CUMEM_ENOTAG);
+  CHECK_RC(cumem_stats(cm, "nope", &after), CUMEM_ENOTAG);
+  CHECK_RC(cumem_prepare_backup(cm, unknown), CUMEM_ENOTAG);
+  CHECK_RC(cumem_sleep(NULL, w, w), CUMEM_EINVAL);
+  CHECK_RC(cumem_device_info(cm, ndev, &info), CUMEM_ENODEV);
+  CHECK_RC(cumem_copy_to_host(cm, &local, &local, 1), CUMEM_ENOTFOUND);
+  CHECK_RC(cumem_copy_to_device(cm, p, &local, g + 1), CUMEM_EINVAL); /* past the end */
+  CHECK_RC(cumem_unmap_release(cm, &local), CUMEM_ENOTFOUND);
+
+  CHECK_OK(cumem_stats(cm, NULL, &after));
+  CHECK_OK(cumem_backend_counters(cm, &ca));
+  CHECK(memcmp(&before, &after, sizeof before) == 0);
+  CHECK(counters_equal(&cb, &ca));
+  size_t ntags = 0;
+  CHECK_OK(cumem_tags(cm, NULL, 0, &ntags));
+  CHECK(ntags == 1); /* refused allocations registered no tag */
+  CHECK(strstr(cumem_strerror(CUMEM_ENOMEM), "ENOMEM") != NULL);
+  CHECK(strstr(cumem_strerror(12345), "unknown") != NULL);
+  CHECK_OK(cumem_close(cm));
+  CHECK_OK(cumem_close(NULL));
+}
+
+TEST(chunked_backing_restores) {
+  cumem_options_t o;
+  cumem_options_init(&o);
+  cumem_t *probe = open_default();
+  CHECK(probe);
+  size_t g = granularity(probe);
+  cumem_close(probe);
+  o.chunk_size = 2 * g;
+  o.copy_chunk = g / 2; /* several copy segments per chunk */
+  cumem_t *cm = open_with(&o);
+  CHECK(cm);
+  void *w;
+  size_t n = 5 * g;
+  CHECK_OK(cumem_alloc(cm, &w, n, 0, "w"));
+  cumem_backend_counters_t c;
+  CHECK_OK(cumem_backend_counters(cm, &c));
+  CHECK(c.handles == 3 && c.mappings == 3 && c.reservations == 1);
+  CHECK_OK(fill_pattern(cm, w, n, 11));
+  const char *W[] = {"w", NULL};
+  CHECK_OK(cumem_sleep(cm, NULL, W));
+  CHECK_OK(cumem_backend_counters(cm, &c));
+  CHECK(c.handles == 0 && c.mappings == 0 && c.host_registrations == 10);
+  CHECK_OK(cumem_wake(cm, NULL));
+  CHECK(has_pattern(cm, w, n, 11));
+  CHECK_OK(cumem_free(cm, w));
+  CHECK(counters_zero(cm));
+  CHECK_OK(cumem_close(cm));
+}
+
+TEST(backups_are_retained_or_released_as_asked) {
+  cumem_t *cm = open_default();
+  CHECK(cm);
+  size_t n = 2 * granularity(cm);
+  void *w;
+  CHECK_OK(cumem_alloc(cm, &w, n, 0, "w"));
+  const char *W[] = {"w", NULL};
+  cumem_stats_t s;
+  CHECK_OK(cumem_prepare_backup(cm, W)); /* pinned ahead of the first sleep */
+  CHECK_OK(cumem_stats(cm, "w", &s));
+  CHECK(s.bytes_host_held == n && s.bytes_backed_up == 0);
+  CHECK_OK(fill_pattern(cm, w, n, 4));
+  CHECK_OK(cumem_sleep(cm, NULL, W));
+  CHECK_OK(cumem_wake(cm, NULL));
+  CHECK_OK(cumem_stats(cm, "w", &s));
+  CHECK(s.bytes_host_held == n); /* retained */
+  CHECK_OK(cumem_release_backup(cm, W));
+  CHECK_OK(cumem_stats(cm, "w", &s));
+  CHECK(s.bytes_host_held == 0);
+  CHECK(has_pattern(cm, w, n, 4));
+  CHECK_OK(cumem_close(cm));
+
+  cumem_options_t o;
+  cumem_options_init(&o);
+  o.retain_backup = 0;
+  cm = open_with(&o);
+  CHECK(cm);
+  CHECK_OK(cumem_alloc(cm, &w, n, 0, "w"));
+  CHECK_OK(fill_pattern(cm, w, n, 9));
+  CHECK_OK(cumem_sleep(cm, NULL, W));
+  CHECK_OK(cumem_stats(cm, "w", &s));
+  CHECK(s.bytes_host_held == n && s.bytes_backed_up == n);
+  CHECK_OK(cumem_release_backup(cm, W)); /* a sleeping content is never dropped */
+  CHECK_OK(cumem_stats(cm, "w", &s));
+  CHECK(s.bytes_host_held == n);
+  CHECK_OK(cumem_wake(cm, NULL));
+  CHECK_OK(cumem_stats(cm, "w", &s));
+  CHECK(s.bytes_host_held == 0);
+  CHECK(has_pattern(cm, w, n, 9));
+  cumem_backend_counters_t c;
+  CHECK_OK(cumem_backend_counters(cm, &c));
+  CHECK(c.host_registrations == 0);
+  CHECK_OK(cumem_close(cm));
+}
+
+TEST(out_of_memory_wake_loses_nothing) {
+  cumem_t *cm = open_default();
+  CHECK(cm);
+  size_t g = granularity(cm), n = 16 * g;
+  void *w, *k, *filler = NULL;
+  CHECK_OK(cumem_alloc(cm, &w, n, 0, "w"));
+  CHECK_OK(cumem_alloc(cm, &k, n, 0, "kv"));
+  CHECK_OK(fill_pattern(cm, w, n, 21));
+  const char *W[] = {"w", NULL};
+  CHECK_OK(cumem_sleep(cm, NULL, W));
+  /* Take the memory from outside while asleep: leave room for half of w. */
+  cumem_device_info_t info;
+  CHECK_OK(cumem_device_info(cm, 0, &info));
+  size_t take = (info.free_bytes - n / 2) / g * g;
+  CHECK_OK(cumem_alloc(cm, &filler, take, 0, "filler"));
+  cumem_backend_counters_t before, after;
+  CHECK_OK(cumem_backend_counters(cm, &before));
+  CHECK_RC(cumem_wake(cm, W), CUMEM_ENOMEM);
+  CHECK(strlen(cumem_last_error()) > 0);
+  CHECK_OK(cumem_backend_counters(cm, &after));
+  CHECK(counters_equal(&before, &after)); /* what the wake mapped, it unmapped */
+  cumem_stats_t s;
+  CHECK_OK(cumem_stats(cm, "w", &s));
+  CHECK(s.bytes_backed_up == n && s.bytes_asleep == n);
+  CHECK_OK(cumem_free(cm, filler));
+  CHECK_OK(cumem_wake(cm, NULL));
+  CHECK(has_pattern(cm, w, n, 21));
+  CHECK_OK(cumem_close(cm));
+}
+
+RUN_TESTS("core",
+          T(alloc_rounds_to_granularity),
+          T(sleep_offload_restores_bit_exact_at_same_address),
+          T(discarded_content_reads_zero_with_zero_on_wake),
+          T(tags_sleep_and_wake_independently),
+          T(sleep_and_wake_are_idempotent),
+          T(free_in_every_state_releases_once),
+          T(bad_input_is_refused_and_changes_nothing),
+          T(chunked_backing_restores),
+          T(backups_are_retained_or_released_as_asked),
+          T(out_of_memory_wake_loses_nothing))

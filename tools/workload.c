@@ -1,0 +1,116 @@
+/* The model-shaped workload of demo and bench: Llama-3-8B's weight tensors
+ * (bf16, 16 GB in full), scaled to the size asked for, and a KV cache in one
+ * block per layer, as vLLM allocates them. */
+#include "tool.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define LAYERS 32
+#define HIDDEN 4096ull
+#define KV_DIM 1024ull  /* 8 KV heads x 128 */
+#define FFN 14336ull
+#define VOCAB 128256ull
+
+/* Elements of each tensor of one layer, then embedding and LM head. */
+static const unsigned long long layer_shapes[] = {
+    HIDDEN * HIDDEN, KV_DIM * HIDDEN, KV_DIM * HIDDEN, HIDDEN * HIDDEN, /* q k v o */
+    FFN * HIDDEN, FFN * HIDDEN, HIDDEN * FFN,                         /* gate up down */
+};
+#define PER_LAYER (sizeof layer_shapes / sizeof layer_shapes[0])
+
+static int workload_reserve(workload_t *w, size_t n) {
+  memset(w, 0, sizeof *w);
+  w->ptr = calloc(n, sizeof *w->ptr);
+  w->size = calloc(n, sizeof *w->size);
+  if (!w->ptr || !w->size) {
+    free(w->ptr);
+    free(w->size);
+    return CUMEM_ENOHOST;
+  }
+  return 0;
+}
+
+static int push(cumem_t *cm, workload_t *w, size_t bytes, const char *tag) {
+  if (bytes == 0) bytes = 1;
+  int rc = cumem_alloc(cm, &w->ptr[w->n], bytes, 0, tag);
+  if (rc) return rc;
+  w->size[w->n++] = bytes;
+  w->total += bytes;
+  return 0;
+}
+
+int workload_alloc_weights(cumem_t *cm, workload_t *w, size_t total, const char *tag) {
+  unsigned long long full = 2 * VOCAB * HIDDEN;
+  for (size_t i = 0; i < PER_LAYER; i++) full += LAYERS * layer_shapes[i];
+  full *= 2; /* bf16 */
+  double scale = (double)total / (double)full;
+  int rc = workload_reserve(w, 2 + LAYERS * PER_LAYER);
+  rc = rc ? rc : push(cm, w, (size_t)(2.0 * VOCAB * HIDDEN * scale), tag); /* embedding */
+  for (int l = 0; !rc && l < LAYERS; l++)
+    for (size_t i = 0; !rc && i < PER_LAYER; i++) rc = push(cm, w, (size_t)(2.0 * layer_shapes[i] * scale), tag);
+  rc = rc ? rc : push(cm, w, (size_t)(2.0 * VOCAB * HIDDEN * scale), tag); /* LM head */
+  return rc;
+}
+
+int workload_alloc_kv(cumem_t *cm, workload_t *w, size_t total, const char *tag) {
+  int rc = workload_reserve(w, LAYERS);
+  for (int l = 0; !rc && l < LAYERS; l++) rc = push(cm, w, total / LAYERS, tag);
+  return rc;
+}
+
+void workload_free(cumem_t *cm, workload_t *w) {
+  for (size_t i = 0; i < w->n; i++) cumem_free(cm, w->ptr[i]);
+  free(w->ptr);
+  free(w->size);
+  memset(w, 0, sizeof *w);
+}
+
+/* Word j of tensor t: a mix of (seed, t, j) — every word differs, so a
+ * misplaced or stale chunk never reads as correct. */
+static inline uint64_t word(unsigned seed, size_t t, size_t j) {
+  uint64_t x = ((uint64_t)seed << 48) ^ ((uint64_t)t << 36) ^ (uint64_t)j;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+static void gen(uint64_t *buf, size_t bytes, unsigned seed, size_t t, size_t first_word) {
+  size_t words = (bytes + 7) / 8;
+  for (size_t j = 0; j < words; j++) buf[j] = word(seed, t, first_word + j);
+}
+
+#define STAGE (64 * MiB)
+
+int workload_fill(cumem_t *cm, const workload_t *w, unsigned seed) {
+  uint64_t *buf = malloc(STAGE);
+  if (!buf) return CUMEM_ENOHOST;
+  int rc = 0;
+  for (size_t t = 0; !rc && t < w->n; t++)
+    for (size_t off = 0; !rc && off < w->size[t]; off += STAGE) {
+      size_t n = w->size[t] - off < STAGE ? w->size[t] - off : STAGE;
+      gen(buf, n, seed, t, off / 8);
+      rc = cumem_copy_to_device(cm, (char *)w->ptr[t] + off, buf, n);
+    }
+  free(buf);
+  return rc;
+}
+
+int workload_check(cumem_t *cm, const workload_t *w, unsigned seed, size_t *bad_bytes) {
+  uint64_t *got = malloc(STAGE), *want = malloc(STAGE);
+  int rc = got && want ? 0 : CUMEM_ENOHOST;
+  *bad_bytes = 0;
+  for (size_t t = 0; !rc && t < w->n; t++)
+    for (size_t off = 0; !rc && off < w->size[t]; off += STAGE) {
+      size_t n = w->size[t] - off < STAGE ? w->size[t] - off : STAGE;
+      rc = cumem_copy_to_host(cm, got, (char *)w->ptr[t] + off, n);
+      gen(want, n, seed, t, off / 8);
+      if (!rc && memcmp(got, want, n) != 0) {
+        const unsigned char *a = (const unsigned char *)got, *b = (const unsigned char *)want;
+        for (size_t i = 0; i < n; i++) *bad_bytes += a[i] != b[i];
+      }
+    }
+  free(got);
+  free(want);
+  return rc;
+}
