@@ -68,7 +68,9 @@ typedef struct cumem_options {
   size_t copy_chunk;    /* bytes per host<->device copy; CUMEM_COPY_CHUNK_MB
                            (default 64) */
   int host_threads;     /* threads preparing pinned host memory;
-                           CUMEM_HOST_THREADS (default: min(16, cores)) */
+                           CUMEM_HOST_THREADS (default: min(8, cores)) */
+  int release_threads;  /* threads releasing discarded allocations while the
+                           copies run; CUMEM_RELEASE_THREADS (default 4) */
   int verbose;          /* print what the library decides to stderr;
                            CUMEM_VERBOSE */
 } cumem_options_t;
