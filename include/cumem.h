@@ -159,6 +159,17 @@ CUMEM_API int cumem_prepare_backup(cumem_t *cm, const char *const *tags);
 /* Give back the retained backups of awake allocations (munmap: RSS drops). */
 CUMEM_API int cumem_release_backup(cumem_t *cm, const char *const *tags);
 
+/* Where the host backup keeps the bytes of ptr (any address inside a live
+ * allocation): *host points into the pinned backup, *len counts the bytes
+ * from there to the end of the allocation. The backup holds the content the
+ * last sleep saved — while asleep, and after wake as long as it is retained
+ * (it is not updated by later writes to the device). CUMEM_ENOTFOUND when
+ * ptr is not live or no sleep has saved its content. The view is valid
+ * until the backup is released (wake without retention, release_backup,
+ * free). */
+CUMEM_API int cumem_backup_view(cumem_t *cm, const void *ptr, void **host,
+                                size_t *len);
+
 /* One allocation at a time, for the vLLM seed ABI: release the physical
  * memory of the allocation at ptr without a backup / create it again. */
 CUMEM_API int cumem_unmap_release(cumem_t *cm, void *ptr);

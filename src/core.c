@@ -407,6 +407,22 @@ int cumem_query(cumem_t *cm, const void *ptr, cumem_alloc_info_t *info) {
   return a ? 0 : CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is not inside a live cumem allocation", ptr);
 }
 
+int cumem_backup_view(cumem_t *cm, const void *ptr, void **host, size_t *len) {
+  if (!cm || !host || !len) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_backup_view: NULL argument");
+  pthread_mutex_lock(&cm->lock);
+  alloc_t *a = table_find_containing(&cm->table, (uintptr_t)ptr);
+  int rc = !a ? CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is not inside a live cumem allocation", ptr)
+           : !a->backup.filled ? CUMEM_FAIL(CUMEM_ENOTFOUND, "no sleep has saved the content of %p", ptr)
+                               : 0;
+  if (!rc) {
+    size_t off = (uintptr_t)ptr - a->va;
+    *host = a->backup.ptr + off;
+    *len = a->size - off;
+  }
+  pthread_mutex_unlock(&cm->lock);
+  return rc;
+}
+
 int cumem_stats(cumem_t *cm, const char *tag, cumem_stats_t *out) {
   if (!cm || !out) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_stats: NULL argument");
   pthread_mutex_lock(&cm->lock);

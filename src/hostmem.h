@@ -17,6 +17,7 @@ typedef struct hostbuf {
   size_t seg;           /* bytes per segment (the last may be shorter) */
   size_t nseg;
   unsigned char *ready; /* per segment: touched and registered */
+  int filled;           /* holds the content saved by the last sleep */
 } hostbuf_t;
 
 /* Map (not yet touch) `size` bytes in segments of `seg`. Pre: hb is empty. */

@@ -176,11 +176,17 @@ typedef struct pending {
 } pending_t;
 
 /* Wait for p's copies, then mark it backed up and release its memory. */
-static int complete_offload(cumem_t *cm, pending_t *p) {
+static int complete_offload(cumem_t *cm, pending_t *p, double *t_copy, double *t_release) {
+  double t0 = now();
   int rc = cm->backend->event_synchronize(cm->backend, p->event);
+  double t1 = now();
+  *t_copy += t1 - t0;
   if (rc) return rc;
   p->a->backed_up = 1;
-  return release_alloc_memory(cm, p->a);
+  p->a->backup.filled = 1;
+  rc = release_alloc_memory(cm, p->a);
+  *t_release += now() - t1;
+  return rc;
 }
 
 int engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned char *offload) {
@@ -195,7 +201,7 @@ int engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned char *off
   for (int d = 0; d < cm->ndevices && !rc; d++)
     if (devices >> d & 1) rc = b->synchronize(b, d);
   if (rc) return rc;
-  double t_sync = now() - t0, t_wait = 0, t_release = 0;
+  double t_sync = now() - t0, t_wait = 0, t_release = 0, t_copy = 0, t_free = 0;
 
   /* 2. What to copy: offloaded allocations, fully mapped, not yet backed up.
    * (One that is partly released already lost or saved its content.) */
@@ -250,14 +256,14 @@ int engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned char *off
       break;
     }
     if (pend.a) {
-      rc = complete_offload(cm, &pend);
+      rc = complete_offload(cm, &pend, &t_copy, &t_free);
       b->event_destroy(b, pend.event);
       pend.a = NULL;
     }
     pend = (pending_t){a, event};
   }
   if (pend.a) {
-    if (!rc) rc = complete_offload(cm, &pend);
+    if (!rc) rc = complete_offload(cm, &pend, &t_copy, &t_free);
     b->event_destroy(b, pend.event);
   }
 
@@ -280,7 +286,8 @@ int engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned char *off
   }
   if (rc) cumem__error_restore(&e); else rc = rc2;
   cumem__log("sleep of %zu allocations: %.1f ms device sync, %.1f ms waiting for %zu host segments, "
-             "%.1f ms finishing discards after the copies, %.1f ms in all", n, t_sync * 1e3, t_wait * 1e3, njobs,
+             "%.1f ms waiting for copies, %.1f ms releasing copied ones, %.1f ms finishing discards, "
+             "%.1f ms in all", n, t_sync * 1e3, t_wait * 1e3, njobs, t_copy * 1e3, t_free * 1e3,
              t_release * 1e3, (now() - t0) * 1e3);
   free(discard);
   free(jobs);

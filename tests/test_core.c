@@ -290,16 +290,26 @@ TEST(backups_are_retained_or_released_as_asked) {
   const char *W[] = {"w", NULL};
   cumem_stats_t s;
   CHECK_OK(cumem_prepare_backup(cm, W)); /* pinned ahead of the first sleep */
+  void *unused;
+  size_t unused_len;
+  CHECK_RC(cumem_backup_view(cm, w, &unused, &unused_len), CUMEM_ENOTFOUND); /* empty yet */
   CHECK_OK(cumem_stats(cm, "w", &s));
   CHECK(s.bytes_host_held == n && s.bytes_backed_up == 0);
   CHECK_OK(fill_pattern(cm, w, n, 4));
   CHECK_OK(cumem_sleep(cm, NULL, W));
+  void *view = NULL;
+  size_t len = 0;
+  CHECK_OK(cumem_backup_view(cm, (char *)w + 10, &view, &len));
+  CHECK(len == n - 10 && *(unsigned char *)view == pattern_byte(10, 4));
   CHECK_OK(cumem_wake(cm, NULL));
   CHECK_OK(cumem_stats(cm, "w", &s));
   CHECK(s.bytes_host_held == n); /* retained */
+  CHECK_OK(cumem_backup_view(cm, w, &view, &len)); /* still readable */
+  CHECK(len == n && *(unsigned char *)view == pattern_byte(0, 4));
   CHECK_OK(cumem_release_backup(cm, W));
   CHECK_OK(cumem_stats(cm, "w", &s));
   CHECK(s.bytes_host_held == 0);
+  CHECK_RC(cumem_backup_view(cm, w, &view, &len), CUMEM_ENOTFOUND);
   CHECK(has_pattern(cm, w, n, 4));
   CHECK_OK(cumem_close(cm));
 

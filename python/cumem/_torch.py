@@ -1,0 +1,186 @@
+"""PyTorch glue shared by the three APIs: the pluggable allocator and pools.
+
+Allocations reach cumem through torch.cuda.MemPool(CUDAPluggableAllocator(
+_C.so, "cumem_torch_malloc", "cumem_torch_free")). The C entry points take no
+GIL; they read the tag from the calling thread's current tag, which
+`allocate_in` sets around the pool region (use_mem_pool is per thread too).
+"""
+
+import contextlib
+import ctypes
+import os
+import threading
+
+from . import _C
+
+_lock = threading.Lock()
+_allocator = None
+
+
+def pluggable_allocator():
+    """The one CUDAPluggableAllocator over cumem's entry points.
+
+    Kept alive for the whole process: a MemPool's private pool keeps only a
+    raw pointer to it, and frees blocks through it long after the Python pool
+    object is gone.
+    """
+    global _allocator
+    with _lock:
+        if _allocator is None:
+            import torch
+
+            _allocator = torch.cuda.memory.CUDAPluggableAllocator(
+                _C.__file__, "cumem_torch_malloc", "cumem_torch_free"
+            )
+        return _allocator
+
+
+def new_pool():
+    """A fresh MemPool whose segments come from cumem."""
+    import torch
+
+    with _expandable_segments_off():
+        return torch.cuda.MemPool(pluggable_allocator().allocator())
+
+
+@contextlib.contextmanager
+def current_tag(tag):
+    """Tag this thread's new cumem allocations with `tag` inside the block."""
+    previous = _C.current_tag()
+    _C.set_current_tag(tag)
+    try:
+        yield
+    finally:
+        _C.set_current_tag(previous)
+
+
+def _set_allocator_settings(settings):
+    import torch
+
+    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None)  # PyTorch >= 2.9
+    if setter is None:
+        setter = torch.cuda.memory._set_allocator_settings
+    setter(settings)
+
+
+@contextlib.contextmanager
+def _expandable_segments_off():
+    # A MemPool with a custom allocator cannot use expandable segments
+    # (pytorch#147851); turn them off inside and restore them after, as vLLM
+    # does. PyTorch reads the setting from PYTORCH_CUDA_ALLOC_CONF (or
+    # PYTORCH_ALLOC_CONF).
+    conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "") + "," + os.environ.get("PYTORCH_ALLOC_CONF", "")
+    enabled = "expandable_segments:True" in conf
+    if enabled:
+        _set_allocator_settings("expandable_segments:False")
+    try:
+        yield
+    finally:
+        if enabled:
+            _set_allocator_settings("expandable_segments:True")
+
+
+@contextlib.contextmanager
+def allocate_in(pool, tag):
+    """Route this thread's CUDA allocations to `pool`, tagged `tag` in cumem."""
+    import torch
+
+    with _expandable_segments_off(), current_tag(tag), torch.cuda.use_mem_pool(pool):
+        yield
+
+
+# Retired pools. A MemPool is never destroyed here, for two reasons:
+#  - its destructor empties its cache, and PyTorch (2.11) asserts, aborting the
+#    process, when that happens while any thread is inside use_mem_pool or a
+#    graph capture (CUDACachingAllocator: captures_underway.empty());
+#  - sweep() hands some of its cached segments back to cumem behind PyTorch's
+#    back, so PyTorch must never free them again.
+# Each entry is [pool, addresses already given back].
+_retired = []
+
+
+def keep_forever(obj):
+    # One reference nobody owns: not even interpreter shutdown frees it.
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+
+
+def retire(pool):
+    """Stop allocating from `pool` for good: from now on its segments go back
+    to cumem as soon as no tensor uses them (see sweep)."""
+    keep_forever(pool)
+    with _lock:
+        _retired.append([pool, set()])
+    sweep()
+
+
+def sweep():
+    """Free the segments of retired pools that hold no tensor any more.
+
+    torch.cuda.empty_cache() does not empty a live pluggable pool
+    (pytorch#145168) and destroying one is unsafe (above), so cumem frees
+    the segments itself. A retired pool is never allocated from again, so a
+    segment with nothing active stays unused; it is freed once its stream has
+    finished with it. A pool still in use (a graph captured into it holds a
+    use count) is skipped: a graph replays into its cached blocks.
+    """
+    inst = _C.default()
+    with _lock:
+        for entry in list(_retired):
+            pool, gone = entry
+            if pool.use_count() > 1:
+                continue
+            in_use = 0
+            for seg in pool.snapshot():
+                addr = seg["address"]
+                if addr in gone:
+                    continue
+                if seg.get("active_size", seg["allocated_size"]) == 0:
+                    _free_segment(inst, addr, seg["stream"])
+                    gone.add(addr)
+                else:
+                    in_use += 1
+            if not in_use:
+                _retired.remove(entry)  # nothing left that could be freed
+
+
+def _free_segment(inst, addr, stream):
+    try:
+        inst.free(addr, stream)  # waits for the segment's stream only
+    except _C.CumemError as e:
+        if e.code == _C.ENOTFOUND:
+            return  # not (or no longer) a cumem allocation
+        try:
+            inst.free(addr)  # e.g. that stream is gone: wait for the device
+        except _C.CumemError:
+            pass  # left to cumem: freed with the instance
+
+
+@contextlib.contextmanager
+def fresh_pool(tag):
+    """Allocate inside the block from a new pool, retired at exit.
+
+    Blocks cached in a pluggable pool hold GPU memory until the pool goes
+    (empty_cache cannot empty it), so the pool is retired at exit: its unused
+    segments are freed now, and the segments of tensors still alive when
+    those tensors are gone (at the next sweep: pool exits, sleep,
+    cumem.empty_cache()). A retired pool is never allocated from again, so no
+    later tensor lands on a block that was put to sleep with this tag.
+    """
+    pool = new_pool()
+    try:
+        with allocate_in(pool, tag):
+            yield
+    finally:
+        retire(pool)
+
+
+def empty_cache():
+    """Free what PyTorch no longer uses: the unused segments of retired
+    pools, then PyTorch's own cache."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    sweep()
+    torch.cuda.empty_cache()

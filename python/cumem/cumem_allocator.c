@@ -1,0 +1,301 @@
+/*
+ * cumem.cumem_allocator — the seed's interface, on the cumem core.
+ *
+ * A drop-in for vLLM's extension `vllm.cumem_allocator` (csrc/
+ * cumem_allocator.cpp), so that vLLM's unmodified vllm/device_allocator/
+ * cumem.py runs on cumem:
+ *
+ *   init_module(python_malloc, python_free)
+ *   python_create_and_map(device, size, d_mem, handle)
+ *   python_unmap_and_release(device, size, d_mem, handle)
+ *
+ * and, from the same shared object, the CUDAPluggableAllocator pair
+ *
+ *   void *my_malloc(ssize_t size, int device, CUstream stream);
+ *   void  my_free(void *ptr, ssize_t size, int device, CUstream stream);
+ *
+ * my_malloc calls python_malloc((device, aligned_size, d_mem, handle)) — one
+ * argument, the 4-tuple; my_free calls python_free(d_mem) and expects that
+ * tuple back. The handle is opaque to Python; here it is d_mem itself, since
+ * the core tracks the physical memory of every allocation.
+ *
+ * Differences from vLLM's, each a fix of a reported failure:
+ *  - strong references to the callbacks (borrowed ones crashed users when
+ *    the bound methods were collected);
+ *  - no sticky global error: every call reports its own failure only;
+ *  - the memory is mapped before the malloc callback runs, and released if
+ *    the callback raises, so Python never records a failed allocation;
+ *  - my_free releases the GIL before unmapping and always frees the block
+ *    PyTorch hands back, even when the free callback fails;
+ *  - a free waits only for the block's stream, not the whole device.
+ *
+ * This module is compiled with its own copy of the core, so it has its own
+ * instance (the default one of this shared object): the seed ABI is
+ * self-contained, as vLLM's was.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "cumem.h"
+
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/types.h>
+
+#define EXPORT __attribute__((visibility("default")))
+
+EXPORT void *my_malloc(ssize_t size, int device, void *stream);
+EXPORT void my_free(void *ptr, ssize_t size, int device, void *stream);
+
+/* The callbacks (strong references, replaced under the GIL). */
+static PyObject *g_malloc_cb;
+static PyObject *g_free_cb;
+
+/* The instance: this shared object's cumem_default(), unless a test chose a
+ * backend with _use_backend(). */
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+static cumem_t *g_cm;
+static int g_owned;
+
+static int seed_instance(cumem_t **out) {
+  int rc = CUMEM_OK;
+  pthread_mutex_lock(&g_lock);
+  if (!g_cm) rc = cumem_default(&g_cm);
+  *out = g_cm;
+  pthread_mutex_unlock(&g_lock);
+  return rc;
+}
+
+/* Python may be gone (interpreter shutdown) when PyTorch frees its last
+ * blocks; then the callbacks are skipped and only the memory is released. */
+static int python_alive(void) {
+#if PY_VERSION_HEX >= 0x030D0000
+  return Py_IsInitialized() && !Py_IsFinalizing();
+#else
+  return Py_IsInitialized() && !_Py_IsFinalizing();
+#endif
+}
+
+static PyObject *raise_runtime(int code, const char *what) {
+  const char *detail = cumem_last_error();
+  if (detail[0])
+    PyErr_Format(PyExc_RuntimeError, "%s: %s (%s)", what, cumem_strerror(code),
+                 detail);
+  else
+    PyErr_Format(PyExc_RuntimeError, "%s: %s", what, cumem_strerror(code));
+  return NULL;
+}
+
+/* ---- the CUDAPluggableAllocator pair ------------------------------------ */
+
+EXPORT void *my_malloc(ssize_t size, int device, void *stream) {
+  (void)stream;
+  cumem_t *cm;
+  if (size <= 0 || seed_instance(&cm) != CUMEM_OK) return NULL;
+
+  void *ptr = NULL;
+  if (cumem_alloc(cm, &ptr, (size_t)size, device, NULL) != CUMEM_OK)
+    return NULL; /* PyTorch raises its out-of-memory error */
+  cumem_alloc_info_t info;
+  if (cumem_query(cm, ptr, &info) != CUMEM_OK) {
+    cumem_free(cm, ptr);
+    return NULL;
+  }
+
+  int ok = 0;
+  if (python_alive()) {
+    PyGILState_STATE gil = PyGILState_Ensure();
+    PyObject *cb = g_malloc_cb;
+    if (!cb) {
+      fprintf(stderr, "cumem_allocator: init_module() was not called\n");
+    } else {
+      Py_INCREF(cb); /* init_module may replace it while it runs */
+      PyObject *t = Py_BuildValue(
+          "(KKKK)", (unsigned long long)device,
+          (unsigned long long)info.size, (unsigned long long)(uintptr_t)ptr,
+          (unsigned long long)(uintptr_t)ptr);
+      PyObject *r = t ? PyObject_CallFunctionObjArgs(cb, t, NULL) : NULL;
+      if (r) ok = 1;
+      else PyErr_WriteUnraisable(cb);
+      Py_XDECREF(r);
+      Py_XDECREF(t);
+      Py_DECREF(cb);
+    }
+    PyGILState_Release(gil);
+  }
+  if (!ok) {
+    cumem_free(cm, ptr);
+    return NULL;
+  }
+  return ptr;
+}
+
+EXPORT void my_free(void *ptr, ssize_t size, int device, void *stream) {
+  (void)size;
+  (void)device;
+  cumem_t *cm;
+  if (!ptr || seed_instance(&cm) != CUMEM_OK) return;
+
+  if (python_alive()) {
+    PyGILState_STATE gil = PyGILState_Ensure();
+    PyObject *cb = g_free_cb;
+    if (cb) {
+      Py_INCREF(cb);
+      PyObject *p = PyLong_FromVoidPtr(ptr);
+      PyObject *r = p ? PyObject_CallFunctionObjArgs(cb, p, NULL) : NULL;
+      if (r && !(PyTuple_Check(r) && PyTuple_GET_SIZE(r) == 4)) {
+        PyErr_Format(PyExc_TypeError,
+                     "the free callback must return the 4-tuple (device, "
+                     "size, d_mem, handle), not %.100s",
+                     Py_TYPE(r)->tp_name);
+        Py_CLEAR(r);
+      }
+      if (!r) PyErr_WriteUnraisable(cb);
+      Py_XDECREF(r);
+      Py_XDECREF(p);
+      Py_DECREF(cb);
+    }
+    PyGILState_Release(gil);
+  }
+  /* PyTorch's pointer is the allocation: free it whatever Python said. */
+  (void)cumem_free_on_stream(cm, ptr, stream);
+}
+
+/* ---- Python functions ---------------------------------------------------- */
+
+static PyObject *py_init_module(PyObject *self, PyObject *args) {
+  (void)self;
+  PyObject *m, *f;
+  if (!PyArg_ParseTuple(args, "OO", &m, &f)) return NULL;
+  if (!PyCallable_Check(m) || !PyCallable_Check(f)) {
+    PyErr_SetString(PyExc_TypeError, "Both arguments must be callables");
+    return NULL;
+  }
+  Py_INCREF(m);
+  Py_INCREF(f);
+  Py_XSETREF(g_malloc_cb, m);
+  Py_XSETREF(g_free_cb, f);
+  Py_RETURN_NONE;
+}
+
+/* (device, size, d_mem, handle): the handle may be any object (an int here,
+ * a list of chunks in vLLM's ROCm build); cumem finds the memory by d_mem. */
+static int parse_handle(PyObject *args, unsigned long long *d_mem) {
+  unsigned long long device, size;
+  PyObject *handle;
+  if (!PyArg_ParseTuple(args, "KKKO", &device, &size, d_mem, &handle))
+    return -1;
+  return 0;
+}
+
+static PyObject *python_create_and_map(PyObject *self, PyObject *args) {
+  (void)self;
+  unsigned long long d_mem;
+  cumem_t *cm;
+  int rc;
+  if (parse_handle(args, &d_mem) < 0) return NULL;
+  if ((rc = seed_instance(&cm)) != CUMEM_OK)
+    return raise_runtime(rc, "cumem_default");
+  Py_BEGIN_ALLOW_THREADS
+  rc = cumem_create_map(cm, (void *)(uintptr_t)d_mem);
+  Py_END_ALLOW_THREADS
+  if (rc != CUMEM_OK) return raise_runtime(rc, "python_create_and_map");
+  Py_RETURN_NONE;
+}
+
+static PyObject *python_unmap_and_release(PyObject *self, PyObject *args) {
+  (void)self;
+  unsigned long long d_mem;
+  cumem_t *cm;
+  int rc;
+  if (parse_handle(args, &d_mem) < 0) return NULL;
+  if ((rc = seed_instance(&cm)) != CUMEM_OK)
+    return raise_runtime(rc, "cumem_default");
+  Py_BEGIN_ALLOW_THREADS
+  rc = cumem_unmap_release(cm, (void *)(uintptr_t)d_mem);
+  Py_END_ALLOW_THREADS
+  if (rc != CUMEM_OK) return raise_runtime(rc, "python_unmap_and_release");
+  Py_RETURN_NONE;
+}
+
+/* Test hooks (not in vLLM's interface). _use_backend(name) opens a private
+ * instance on that backend ("host", "cuda"; None = back to the default one);
+ * refused while the current instance holds allocations. */
+static PyObject *py_use_backend(PyObject *self, PyObject *args) {
+  (void)self;
+  const char *name = NULL;
+  if (!PyArg_ParseTuple(args, "z", &name)) return NULL;
+  pthread_mutex_lock(&g_lock);
+  int rc = CUMEM_OK;
+  if (g_cm) {
+    cumem_stats_t s;
+    rc = cumem_stats(g_cm, NULL, &s);
+    if (rc == CUMEM_OK && s.allocations) {
+      pthread_mutex_unlock(&g_lock);
+      PyErr_Format(PyExc_RuntimeError,
+                   "cumem_allocator: %zu allocations are still live",
+                   s.allocations);
+      return NULL;
+    }
+    if (g_owned) cumem_close(g_cm);
+    g_cm = NULL;
+    g_owned = 0;
+  }
+  if (name) {
+    cumem_options_t opts;
+    cumem_options_init(&opts);
+    opts.backend = name;
+    rc = cumem_open(&g_cm, &opts);
+    if (rc == CUMEM_OK) g_owned = 1;
+    else g_cm = NULL;
+  }
+  pthread_mutex_unlock(&g_lock);
+  if (rc != CUMEM_OK) return raise_runtime(rc, "cumem_open");
+  Py_RETURN_NONE;
+}
+
+static PyObject *py_backend_name(PyObject *self, PyObject *noargs) {
+  (void)self;
+  (void)noargs;
+  cumem_t *cm;
+  int rc = seed_instance(&cm);
+  if (rc != CUMEM_OK) return raise_runtime(rc, "cumem_default");
+  return PyUnicode_FromString(cumem_backend_name(cm));
+}
+
+static PyObject *py_live_allocations(PyObject *self, PyObject *noargs) {
+  (void)self;
+  (void)noargs;
+  cumem_t *cm;
+  cumem_stats_t s;
+  int rc = seed_instance(&cm);
+  if (rc == CUMEM_OK) rc = cumem_stats(cm, NULL, &s);
+  if (rc != CUMEM_OK) return raise_runtime(rc, "cumem_stats");
+  return PyLong_FromSize_t(s.allocations);
+}
+
+static PyMethodDef module_methods[] = {
+    {"init_module", py_init_module, METH_VARARGS,
+     "Initialize module with python_malloc and python_free callables."},
+    {"python_create_and_map", python_create_and_map, METH_VARARGS,
+     "Create and map memory on the device."},
+    {"python_unmap_and_release", python_unmap_and_release, METH_VARARGS,
+     "Unmap and release memory on the device."},
+    {"_use_backend", py_use_backend, METH_VARARGS,
+     "Test hook: use a private instance on this backend (None = default)."},
+    {"_backend_name", py_backend_name, METH_NOARGS,
+     "Test hook: the backend in use."},
+    {"_live_allocations", py_live_allocations, METH_NOARGS,
+     "Test hook: live allocations of this module's instance."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "cumem_allocator",
+    "cumem-based allocator for CUDAPluggableAllocator (vLLM's interface)", -1,
+    module_methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit_cumem_allocator(void) {
+  return PyModule_Create(&module_def);
+}

@@ -1,0 +1,214 @@
+"""cumem.cumem_allocator: vLLM's extension interface, end to end on the host
+backend. my_malloc / my_free are called through the C ABI, as PyTorch's
+CUDAPluggableAllocator calls them; on the host backend the memory is plain
+host memory at the same address, so ctypes reads and writes it."""
+
+import ctypes
+import gc
+import sys
+
+import pytest
+from conftest import pattern
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def seed():
+    from cumem import cumem_allocator
+
+    cumem_allocator._use_backend("host")
+    try:
+        yield cumem_allocator
+    finally:
+        cumem_allocator.init_module(lambda h: None, lambda p: None)
+        cumem_allocator._use_backend(None)
+
+
+@pytest.fixture
+def abi(seed):
+    lib = ctypes.CDLL(seed.__file__)
+    lib.my_malloc.restype = ctypes.c_void_p
+    lib.my_malloc.argtypes = [ctypes.c_ssize_t, ctypes.c_int, ctypes.c_void_p]
+    lib.my_free.restype = None
+    lib.my_free.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int, ctypes.c_void_p]
+    return lib
+
+
+class Recorder:
+    """What vLLM's CuMemAllocator does with the callbacks."""
+
+    def __init__(self):
+        self.pointer_to_handle = {}
+        self.malloc_calls = []
+        self.free_calls = []
+
+    def malloc(self, handle):
+        self.malloc_calls.append(handle)
+        self.pointer_to_handle[handle[2]] = handle
+
+    def free(self, ptr):
+        self.free_calls.append(ptr)
+        return self.pointer_to_handle.pop(ptr)
+
+
+def test_interface(seed):
+    for name in ("init_module", "python_create_and_map", "python_unmap_and_release"):
+        assert callable(getattr(seed, name))
+    assert seed._backend_name() == "host"
+
+
+def test_init_module_wants_callables(seed):
+    with pytest.raises(TypeError):
+        seed.init_module(1, lambda p: None)
+    with pytest.raises(TypeError):
+        seed.init_module(lambda h: None, None)
+    with pytest.raises(TypeError):
+        seed.init_module(lambda h: None)
+
+
+def test_malloc_calls_back_with_the_handle_tuple(seed, abi):
+    rec = Recorder()
+    seed.init_module(rec.malloc, rec.free)
+    p = abi.my_malloc(1000, 0, None)
+    assert p
+    assert len(rec.malloc_calls) == 1
+    handle = rec.malloc_calls[0]
+    assert isinstance(handle, tuple) and len(handle) == 4
+    assert all(isinstance(x, int) for x in handle)
+    device, size, d_mem, mem_handle = handle
+    assert device == 0 and d_mem == p and mem_handle != 0
+    assert size >= 1000 and size % 4096 == 0  # rounded to the granularity
+
+    ctypes.memset(p, 0xAB, size)  # mapped, read/write
+    abi.my_free(p, 1000, 0, None)
+    assert rec.free_calls == [p] and not rec.pointer_to_handle
+    assert seed._live_allocations() == 0
+
+
+def test_sleep_wake_round_trip_like_vllm(seed, abi):
+    """vLLM's sleep: copy out, python_unmap_and_release(*handle); wake:
+    python_create_and_map(*handle), copy back."""
+    rec = Recorder()
+    seed.init_module(rec.malloc, rec.free)
+    ptrs = [abi.my_malloc(n, 0, None) for n in (MiB, 3 * MiB + 5, 4096)]
+    content = {}
+    for i, p in enumerate(ptrs):
+        size = rec.pointer_to_handle[p][1]
+        content[p] = pattern(size, i)
+        ctypes.memmove(p, content[p], size)
+    for cycle in range(3):
+        backup = {p: ctypes.string_at(p, len(d)) for p, d in content.items()}
+        for p in ptrs:
+            seed.python_unmap_and_release(*rec.pointer_to_handle[p])
+        for p in ptrs:
+            seed.python_create_and_map(*rec.pointer_to_handle[p])
+            ctypes.memmove(p, backup[p], len(backup[p]))
+        for p, d in content.items():
+            assert ctypes.string_at(p, len(d)) == d
+    for p in ptrs:
+        abi.my_free(p, 0, 0, None)
+    assert seed._live_allocations() == 0
+
+
+def test_free_while_released(seed, abi):
+    rec = Recorder()
+    seed.init_module(rec.malloc, rec.free)
+    p = abi.my_malloc(MiB, 0, None)
+    seed.python_unmap_and_release(*rec.pointer_to_handle[p])
+    abi.my_free(p, MiB, 0, None)  # no double release
+    assert seed._live_allocations() == 0
+
+
+def test_errors_raise_cleanly_and_do_not_stick(seed, abi):
+    rec = Recorder()
+    seed.init_module(rec.malloc, rec.free)
+    with pytest.raises(RuntimeError) as e:
+        seed.python_unmap_and_release(0, 2 * MiB, 0x10000, 0x10000)
+    assert "CUMEM_ENOTFOUND" in str(e.value)
+    with pytest.raises(RuntimeError):
+        seed.python_create_and_map(0, 2 * MiB, 0x10000, 0x10000)
+    with pytest.raises(TypeError):
+        seed.python_create_and_map(0, 2 * MiB, 0x10000)
+    with pytest.raises(TypeError):
+        seed.python_unmap_and_release("0", 2 * MiB, 0x10000, 0)
+    # Nothing sticky: the next calls succeed.
+    p = abi.my_malloc(MiB, 0, None)
+    seed.python_unmap_and_release(*rec.pointer_to_handle[p])
+    seed.python_create_and_map(*rec.pointer_to_handle[p])
+    abi.my_free(p, MiB, 0, None)
+
+
+def test_callbacks_are_held_strongly(seed, abi):
+    """vLLM's extension kept borrowed references: once the bound methods were
+    collected, the next allocation crashed."""
+    calls = []
+
+    def install():
+        class Owner:
+            def malloc(self, h):
+                calls.append(h)
+
+            def free(self, p):
+                return calls.pop()
+
+        o = Owner()
+        seed.init_module(o.malloc, o.free)  # temporary bound methods
+
+    install()
+    gc.collect()
+    p = abi.my_malloc(MiB, 0, None)
+    assert p and calls and calls[0][2] == p
+    abi.my_free(p, MiB, 0, None)
+    assert not calls
+
+
+def test_failing_malloc_callback_fails_the_allocation(seed, abi, monkeypatch):
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: reported.append(u.exc_type))
+
+    def bad_malloc(handle):
+        raise ValueError("no room in the bookkeeping")
+
+    seed.init_module(bad_malloc, lambda p: None)
+    assert abi.my_malloc(MiB, 0, None) is None  # PyTorch raises OOM on NULL
+    assert reported == [ValueError]
+    assert seed._live_allocations() == 0  # nothing leaked
+
+
+def test_failing_free_callback_still_frees(seed, abi, monkeypatch):
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: reported.append(u.exc_type))
+    seed.init_module(lambda h: None, lambda p: {}[p])  # KeyError
+    p = abi.my_malloc(MiB, 0, None)
+    abi.my_free(p, MiB, 0, None)
+    assert reported == [KeyError]
+    seed.init_module(lambda h: None, lambda p: "not a tuple")
+    p = abi.my_malloc(MiB, 0, None)
+    abi.my_free(p, MiB, 0, None)
+    assert reported == [KeyError, TypeError]
+    assert seed._live_allocations() == 0
+
+
+def test_vllm_can_import_it_in_place_of_its_extension():
+    import cumem
+
+    saved = {k: sys.modules.get(k) for k in ("vllm.cumem_allocator", "vllm.device_allocator.cumem")}
+    try:
+        sys.modules.pop("vllm.device_allocator.cumem", None)
+        mod = cumem.install_vllm_shim()
+        assert sys.modules["vllm.cumem_allocator"] is mod
+        # vLLM finds the shared object by name in /proc/self/maps and loads
+        # my_malloc / my_free from it (find_loaded_library("cumem_allocator")).
+        with open("/proc/self/maps") as f:
+            line = next(line for line in f if "cumem_allocator" in line)
+        path = line[line.index("/") :].strip()
+        assert path.rpartition("/")[2].startswith("cumem_allocator")
+        lib = ctypes.CDLL(path)
+        assert lib.my_malloc and lib.my_free
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
