@@ -190,8 +190,9 @@ static int parse_handle(PyObject *args, unsigned long long *d_mem) {
   return 0;
 }
 
-static PyObject *python_create_and_map(PyObject *self, PyObject *args) {
-  (void)self;
+/* Both calls take vLLM's (device, size, d_mem, handle) and act on the
+ * allocation at d_mem, with the GIL released. */
+static PyObject *seed_call(PyObject *args, int (*fn)(cumem_t *, void *), const char *name) {
   unsigned long long d_mem;
   cumem_t *cm;
   int rc;
@@ -199,25 +200,20 @@ static PyObject *python_create_and_map(PyObject *self, PyObject *args) {
   if ((rc = seed_instance(&cm)) != CUMEM_OK)
     return raise_runtime(rc, "cumem_default");
   Py_BEGIN_ALLOW_THREADS
-  rc = cumem_create_map(cm, (void *)(uintptr_t)d_mem);
+  rc = fn(cm, (void *)(uintptr_t)d_mem);
   Py_END_ALLOW_THREADS
-  if (rc != CUMEM_OK) return raise_runtime(rc, "python_create_and_map");
+  if (rc != CUMEM_OK) return raise_runtime(rc, name);
   Py_RETURN_NONE;
+}
+
+static PyObject *python_create_and_map(PyObject *self, PyObject *args) {
+  (void)self;
+  return seed_call(args, cumem_create_map, "python_create_and_map");
 }
 
 static PyObject *python_unmap_and_release(PyObject *self, PyObject *args) {
   (void)self;
-  unsigned long long d_mem;
-  cumem_t *cm;
-  int rc;
-  if (parse_handle(args, &d_mem) < 0) return NULL;
-  if ((rc = seed_instance(&cm)) != CUMEM_OK)
-    return raise_runtime(rc, "cumem_default");
-  Py_BEGIN_ALLOW_THREADS
-  rc = cumem_unmap_release(cm, (void *)(uintptr_t)d_mem);
-  Py_END_ALLOW_THREADS
-  if (rc != CUMEM_OK) return raise_runtime(rc, "python_unmap_and_release");
-  Py_RETURN_NONE;
+  return seed_call(args, cumem_unmap_release, "python_unmap_and_release");
 }
 
 /* Test hooks (not in vLLM's interface). _use_backend(name) opens a private
