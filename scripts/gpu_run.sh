@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One call on the GPU machine: build, run the C tests on the cuda backend,
-# the Python tests, the demo and the benchmark; logs under $OUT (or ./out),
-# a short table last. Usage: scripts/gpu_run.sh [bench args...]
+# One call on the GPU machine: build; the C tests on the cuda backend; the
+# Python tests; the multi-GPU job; the demo; the benchmark; the soak. Logs go
+# to $OUT (or ./out); a short table comes last.
+# Usage: scripts/gpu_run.sh            (SOAK_CYCLES=N to size the soak)
 set -u
 OUT=${OUT:-$PWD/out}
 mkdir -p "$OUT"
@@ -9,22 +10,22 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 summary=()
 step() { # name, command...
   local name=$1; shift
-  local t0=$(date +%s.%N)
+  local t0=$(date +%s%N)
   "$@" >"$OUT/$name.log" 2>&1
-  local rc=$?
-  local dt=$(echo "$(date +%s.%N) - $t0" | bc)
-  summary+=("$(printf '%-14s rc=%-3s %6.1fs  %s' "$name" "$rc" "$dt" "$(grep -E 'passed|failed|PASS|FAIL|tests passed' "$OUT/$name.log" | tail -1)")")
-  echo "== $name (rc=$rc, ${dt}s)"; tail -n 25 "$OUT/$name.log"
+  local rc=$? ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+  local last=$(grep -aE 'passed|failed|PASS|FAIL|skipped|verdict|flat' "$OUT/$name.log" | tail -1)
+  summary+=("$(printf '%-12s rc=%-3s %7.1fs  %s' "$name" "$rc" "$(echo "$ms" | awk '{print $1/1000}')" "$last")")
+  echo "== $name (rc=$rc, ${ms} ms)"; tail -n 20 "$OUT/$name.log"
 }
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
-git rev-parse --short HEAD 2>/dev/null | tee -a "$OUT/gpu.txt"
+nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 step build bash -c "cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release && cmake --build build"
-step ctest-cuda bash -c "cd build && ctest --output-on-failure -R '\.cuda$'"
-[ -f setup.py ] && step python bash -c "python3 setup.py -q build_ext --build-lib build/pylib --build-temp build/pytmp && PYTHONPATH=build/pylib python3 -m pytest -q -rs tests/python"
+step ctest-cuda bash -c "cd build && ctest --output-on-failure -R '\\.cuda\$'"
+step python bash -c "python3 setup.py -q build --build-lib build/pylib --build-temp build/pytmp && PYTHONPATH=\$PWD/build/pylib python3 -m pytest -q -rs -p no:cacheprovider tests/python"
+[ -d tests/gpu ] && step multigpu bash -c "PYTHONPATH=\$PWD/build/pylib python3 -m pytest -q -rs -p no:cacheprovider tests/gpu"
 step info ./build/cumem info
 step demo ./build/cumem demo
-step bench ./build/cumem bench "$@"
-./build/cumem bench --quiet --json "$@" >"$OUT/bench.json" 2>&1 || true
-echo; echo "==== summary ($(cat "$OUT/gpu.txt" | tr '\n' ' '))"
+step bench bash -c "CUMEM_VERBOSE=1 ./build/cumem bench"
+[ -f bench/soak.py ] && step soak bash -c "PYTHONPATH=\$PWD/build/pylib python3 bench/soak.py ${SOAK_CYCLES:+--cycles $SOAK_CYCLES}"
+echo; echo "==== summary: $(tr '\n' ' ' <"$OUT/gpu.txt")"
 printf '%s\n' "${summary[@]}"
-grep -E '^\|' "$OUT/bench.log"
+grep -E '^\||verified|retention' "$OUT/bench.log"

@@ -11,7 +11,9 @@
  * are tokens.
  *
  * Emulation settings: CUMEM_HOST_DEVICES (1), CUMEM_HOST_MEMORY_MB per
- * device (8192), CUMEM_HOST_GRANULARITY_KB (2048, as on an H200). */
+ * device (8192), CUMEM_HOST_GRANULARITY_KB (2048, as on an H200), and
+ * CUMEM_HOST_POISON=1, which fills new physical memory with 0xA5 instead of
+ * zeros (fresh memfd pages read zero, which would hide a missing zeroing). */
 #define _GNU_SOURCE /* memfd_create */
 #include "internal.h"
 
@@ -47,6 +49,7 @@ typedef struct host {
   pthread_mutex_t mu; /* guards everything below */
   int ndevices;
   size_t capacity, granularity;
+  int poison;
   size_t used[HOST_MAX_DEVICES];
   ranges_t reservations, mappings, registrations;
   long handles, streams, events;
@@ -194,6 +197,13 @@ static int host_create(cumem_backend_t *b, int device, size_t size, cumem_handle
     pthread_mutex_unlock(&h->mu);
     return CUMEM_FAIL(e == EMFILE || e == ENFILE ? CUMEM_ENOHOST : CUMEM_ENOMEM,
                       "host backend: memfd of %zu bytes failed: %s", size, strerror(e));
+  }
+  if (h->poison) {
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p != MAP_FAILED) {
+      memset(p, 0xA5, size);
+      munmap(p, size);
+    }
   }
   *hh = (host_handle_t){fd, device, size};
   *out = (cumem_handle_t)(uintptr_t)hh;
@@ -401,6 +411,8 @@ int cumem_backend_host(cumem_backend_t **out) {
   if (h->ndevices > HOST_MAX_DEVICES) h->ndevices = HOST_MAX_DEVICES;
   h->capacity = env_size("CUMEM_HOST_MEMORY_MB", 8192, (size_t)1 << 20);
   h->granularity = env_size("CUMEM_HOST_GRANULARITY_KB", 2048, 1024);
+  const char *poison = getenv("CUMEM_HOST_POISON");
+  h->poison = poison && *poison == '1';
   long page = sysconf(_SC_PAGESIZE);
   if (h->granularity % (size_t)page) h->granularity = (h->granularity / (size_t)page + 1) * (size_t)page;
   /* Every chunk is a file descriptor: allow as many as the system does. */

@@ -226,12 +226,31 @@ static int alloc_release_all(cumem_t *cm, alloc_t *a) {
     int rc = core_unmap_chunk(cm, a, i);
     if (rc) return rc;
   }
+  int rc = hostbuf_free(cm->backend, &a->backup);
+  if (rc) return rc;
+  a->backed_up = 0;
+  /* The address range goes last: while the record exists, no other
+   * allocation can be given its addresses. */
   if (a->reserved) {
-    int rc = cm->backend->unreserve(cm->backend, a->va, a->size);
+    rc = cm->backend->unreserve(cm->backend, a->va, a->size);
     if (rc) return rc;
     a->reserved = 0;
   }
-  return hostbuf_free(cm->backend, &a->backup);
+  return 0;
+}
+
+/* Retry the release of failed allocations whose undo failed. */
+static void drain_limbo(cumem_t *cm) {
+  alloc_t **p = &cm->limbo;
+  while (*p) {
+    alloc_t *a = *p;
+    if (alloc_release_all(cm, a) == 0) {
+      *p = a->next;
+      alloc_destroy_record(a);
+    } else {
+      p = &a->next;
+    }
+  }
 }
 
 int cumem_alloc_ex(cumem_t *cm, void **out, size_t size, int device, const char *tag,
@@ -274,6 +293,12 @@ int cumem_alloc_ex(cumem_t *cm, void **out, size_t size, int device, const char 
   a->peer_mask = peer_mask & ~((uint64_t)1 << device);
 
   pthread_mutex_lock(&cm->lock);
+  if (cm->limbo) {
+    cumem__error_save_t e0;
+    cumem__error_save(&e0);
+    drain_limbo(cm);
+    cumem__error_restore(&e0);
+  }
   tag_t *t = tag_find(cm, tag);
   int new_tag = !t;
   if (new_tag) {
@@ -294,8 +319,15 @@ int cumem_alloc_ex(cumem_t *cm, void **out, size_t size, int device, const char 
   if (rc) {
     cumem__error_save_t e;
     cumem__error_save(&e);
-    if (alloc_release_all(cm, a) != 0) cumem__log("could not undo a failed allocation completely");
-    else alloc_destroy_record(a);
+    if (alloc_release_all(cm, a) != 0) {
+      /* Keep it reachable: the next allocation or cumem_close retries. */
+      cumem__log("could not undo a failed allocation completely; retried later");
+      a->tag = NULL;
+      a->next = cm->limbo;
+      cm->limbo = a;
+    } else {
+      alloc_destroy_record(a);
+    }
     if (new_tag && t) { /* nobody uses it: forget it again */
       cm->tags = t->next;
       cm->ntags--;
@@ -321,6 +353,7 @@ static int free_locked(cumem_t *cm, void *ptr, int sync_device) {
                : CUMEM_FAIL(CUMEM_ENOTFOUND, "free(%p): not a live cumem allocation (double free?)", ptr);
   }
   int rc = 0;
+  a->freeing = 1; /* from now on sleep, wake and data access leave it alone */
   /* Kernels may still run on the memory: unmap does not wait for them. */
   if (sync_device && core_holds_memory(a)) rc = cm->backend->synchronize(cm->backend, a->device);
   if (!rc) rc = alloc_release_all(cm, a);
@@ -354,6 +387,10 @@ int cumem_close(cumem_t *cm) {
   pthread_mutex_lock(&cm->lock);
   int rc = 0;
   for (int d = 0; d < cm->ndevices && !rc; d++) rc = cm->backend->synchronize(cm->backend, d);
+  if (!rc) {
+    drain_limbo(cm);
+    if (cm->limbo) rc = CUMEM_FAIL(CUMEM_EDRIVER, "could not release what a failed allocation left");
+  }
   while (!rc && cm->table.first) {
     alloc_t *a = cm->table.first;
     rc = alloc_release_all(cm, a);
@@ -399,7 +436,7 @@ int cumem_query(cumem_t *cm, const void *ptr, cumem_alloc_info_t *info) {
     info->size = a->size;
     info->requested = a->requested;
     info->device = a->device;
-    info->asleep = a->nmapped < a->nchunks;
+    info->asleep = a->nmapped < a->nchunks || a->backed_up;
     info->backed_up = a->backed_up;
     strcpy(info->tag, a->tag->name);
   }
@@ -485,7 +522,7 @@ static int find_range(cumem_t *cm, const void *p, size_t n, alloc_t **out) {
   if (!a) return CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is not inside a live cumem allocation", p);
   if (n > a->size - ((uintptr_t)p - a->va))
     return CUMEM_FAIL(CUMEM_EINVAL, "%zu bytes at %p run past the end of their allocation", n, p);
-  if (a->nmapped < a->nchunks)
+  if (a->nmapped < a->nchunks || a->backed_up || a->freeing)
     return CUMEM_FAIL(CUMEM_EINVAL, "%p is asleep: wake it before touching its content", p);
   *out = a;
   return 0;

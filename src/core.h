@@ -42,6 +42,7 @@ typedef struct alloc {
   tag_t *tag;
   hostbuf_t backup;  /* pinned host memory, kept across cycles when retained */
   int backed_up;     /* the backup holds the content (set once copied) */
+  int freeing;       /* a free has begun: only free (a retry) may touch it */
   struct alloc *hash_next;          /* table bucket chain */
   struct alloc *prev, *next;        /* every allocation, oldest first */
 } alloc_t;
@@ -66,6 +67,7 @@ struct cumem {
   size_t ntags;
   int ndevices;
   device_t devices[CUMEM_MAX_DEVICES];
+  alloc_t *limbo;  /* failed allocations whose undo failed: retried later */
 };
 
 /* table.c: allocations by start address. */

@@ -384,7 +384,7 @@ static int select_allocs(cumem_t *cm, tag_t **set, size_t nset, int all, int asl
   if (!list) return CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory");
   size_t k = 0;
   for (alloc_t *a = cm->table.first; a; a = a->next) {
-    if (!core_tag_in(a->tag, set, nset, all)) continue;
+    if (a->freeing || !core_tag_in(a->tag, set, nset, all)) continue;
     /* A backup not yet restored (a wake whose undo failed) counts as asleep. */
     int wanted = asleep_ones ? a->nmapped < a->nchunks || a->backed_up : core_holds_memory(a);
     if (wanted) list[k++] = a;
@@ -463,7 +463,7 @@ static int one_alloc(cumem_t *cm, void *ptr, int wake) {
   if (!cm || !ptr) return CUMEM_FAIL(CUMEM_EINVAL, "NULL argument");
   pthread_mutex_lock(&cm->lock);
   alloc_t *a = table_find(&cm->table, (uintptr_t)ptr);
-  int rc = a ? 0 : CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is not the start of a live cumem allocation", ptr);
+  int rc = a && !a->freeing ? 0 : CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is not the start of a live cumem allocation", ptr);
   unsigned char no_offload = 0;
   if (!rc && wake && (a->nmapped < a->nchunks || a->backed_up)) rc = engine_wake(cm, &a, 1);
   if (!rc && !wake && a->nmapped > 0) rc = engine_sleep(cm, &a, 1, &no_offload);
