@@ -1,7 +1,8 @@
 /* Pinned host memory for backups, prepared fast: an anonymous mapping with
- * transparent huge pages, first-touched and page-locked (host_register)
- * segment by segment, by several threads, while copies of the segments
- * already prepared run. Freed with munmap, so process RSS really drops. */
+ * transparent huge pages, first-touched segment by segment by several
+ * threads and page-locked (host_register) just before each segment's copy,
+ * while the copies of the segments already prepared run. Freed with munmap,
+ * so process RSS really drops. */
 #ifndef CUMEM_HOSTMEM_H
 #define CUMEM_HOSTMEM_H
 
@@ -22,39 +23,39 @@ typedef struct hostbuf {
 
 /* Map (not yet touch) `size` bytes in segments of `seg`. Pre: hb is empty. */
 int hostbuf_map(hostbuf_t *hb, size_t size, size_t seg);
-/* Touch and register segment i. Safe from several threads on distinct i. */
-int hostbuf_prepare_segment(cumem_backend_t *b, hostbuf_t *hb, size_t i);
+/* First touch of segment i: the kernel allocates its pages. Safe from
+ * several threads on distinct i. */
+void hostbuf_touch_segment(hostbuf_t *hb, size_t i);
+/* Page-lock segment i (after its touch); one thread at a time. */
+int hostbuf_register_segment(cumem_backend_t *b, hostbuf_t *hb, size_t i);
 size_t hostbuf_segment_size(const hostbuf_t *hb, size_t i);
 /* Unregister and unmap. On failure the buffer is kept as it was (a
  * registration that cannot be undone is never unmapped under the driver). */
 int hostbuf_free(cumem_backend_t *b, hostbuf_t *hb);
 size_t hostbuf_held(const hostbuf_t *hb); /* bytes held (0 when none) */
 
-/* A pool of threads preparing a list of segments, first to last. A consumer
- * waits for segment k and copies it while later ones are prepared. */
+/* A pool of threads touching a list of segments, first to last, while the
+ * consumer registers and copies the ones already touched. */
 typedef struct prep_job { hostbuf_t *hb; size_t seg; } prep_job_t;
 
 typedef struct preparer {
   cumem_backend_t *backend;
   prep_job_t *jobs;
   size_t njobs, next;
-  signed char *state;     /* per job: 0 pending, 1 done, -1 failed */
-  int error;              /* first failure, 0 if none */
-  cumem__error_save_t detail;
+  unsigned char *touched; /* per job */
   pthread_mutex_t mu;
   pthread_cond_t cv;
   pthread_t *threads;
-  int nthreads;
+  int nthreads;           /* 0: the consumer touches inline */
 } preparer_t;
 
 /* Start up to `threads` workers over jobs[0..njobs). jobs must outlive the
  * preparer. With 0 jobs nothing starts. */
 int preparer_start(preparer_t *p, cumem_backend_t *b, prep_job_t *jobs, size_t njobs, int threads);
-/* Wait until job k is prepared; returns its failure (and its detail in this
- * thread) or the first failure that stopped the pool before reaching it. */
+/* Wait until job k is touched, then register it on this thread. Jobs are
+ * waited for in order; a failure is the registration's. */
 int preparer_wait(preparer_t *p, size_t k);
-/* Stop handing out jobs, join the workers, free the pool. Returns the first
- * failure seen, if any. */
-int preparer_finish(preparer_t *p);
+/* Stop handing out jobs, join the workers, free the pool. */
+void preparer_finish(preparer_t *p);
 
 #endif

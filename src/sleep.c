@@ -107,8 +107,7 @@ int engine_prepare(cumem_t *cm, alloc_t **list, size_t n) {
   if (!rc) rc = preparer_start(&prep, cm->backend, jobs, njobs, cm->opts.host_threads);
   if (!rc) {
     for (size_t k = 0; k < njobs && !rc; k++) rc = preparer_wait(&prep, k);
-    int rc2 = preparer_finish(&prep);
-    if (!rc) rc = rc2;
+    preparer_finish(&prep);
   }
   free(jobs);
   free(first);
@@ -280,10 +279,7 @@ int engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned char *off
     }
   }
   int rc2 = streams_finish(cm, &st);
-  if (prep_started) {
-    int rc3 = preparer_finish(&prep);
-    if (!rc2) rc2 = rc3;
-  }
+  if (prep_started) preparer_finish(&prep);
   if (rc) cumem__error_restore(&e); else rc = rc2;
   cumem__log("sleep of %zu allocations: %.1f ms device sync, %.1f ms waiting for %zu host segments, "
              "%.1f ms waiting for copies, %.1f ms releasing copied ones, %.1f ms finishing discards, "
