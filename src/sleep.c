@@ -2,12 +2,14 @@
  *
  * Sleep, for a list of allocations:
  *   1. wait for every device involved (unmap does not wait for kernels);
- *   2. for the allocations to offload, prepare pinned host segments on a
- *      pool of threads while the segments already prepared are copied
- *      device-to-host on one stream per device;
+ *   2. for the allocations to offload, first-touch host segments on a pool
+ *      of threads; this thread page-locks each touched segment and queues
+ *      its device-to-host copy (one stream per device), so preparing and
+ *      copying overlap (hostmem.c says why registration stays here);
  *   3. release each allocation's physical memory as soon as its own copies
  *      are done (an event per allocation), overlapped with the next copies;
- *      discarded allocations are released at once.
+ *      discarded allocations are released at once, by other threads, while
+ *      the copies run.
  * Wake, for a list of allocations:
  *   1. create and map the missing chunks of each allocation, queue the
  *      host-to-device copy of its backup and go on to map the next one
