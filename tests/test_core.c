@@ -381,6 +381,34 @@ TEST(out_of_memory_wake_loses_nothing) {
   CHECK_OK(cumem_close(cm));
 }
 
+TEST(out_of_memory_alloc_changes_nothing) {
+  cumem_t *cm = open_default();
+  CHECK(cm);
+  size_t g = granularity(cm), n = 4 * g;
+  void *w, *filler = NULL, *extra = NULL;
+  CHECK_OK(cumem_alloc(cm, &w, n, 0, "w"));
+  CHECK_OK(fill_pattern(cm, w, n, 31));
+  /* Leave room for half of the next allocation. */
+  cumem_device_info_t info;
+  CHECK_OK(cumem_device_info(cm, 0, &info));
+  CHECK_OK(cumem_alloc(cm, &filler, (info.free_bytes - n / 2) / g * g, 0, "filler"));
+  cumem_stats_t before, after;
+  cumem_backend_counters_t cb, ca;
+  CHECK_OK(cumem_stats(cm, NULL, &before));
+  CHECK_OK(cumem_backend_counters(cm, &cb));
+  CHECK_RC(cumem_alloc(cm, &extra, n, 0, "extra"), CUMEM_ENOMEM);
+  CHECK(extra == NULL && strlen(cumem_last_error()) > 0);
+  CHECK_OK(cumem_stats(cm, NULL, &after));
+  CHECK_OK(cumem_backend_counters(cm, &ca));
+  CHECK(memcmp(&before, &after, sizeof before) == 0 && counters_equal(&cb, &ca));
+  CHECK_RC(cumem_stats(cm, "extra", &after), CUMEM_ENOTAG); /* no tag left behind */
+  CHECK(has_pattern(cm, w, n, 31));
+  CHECK_OK(cumem_free(cm, filler));
+  CHECK_OK(cumem_alloc(cm, &extra, n, 0, "extra")); /* recovers once memory is free */
+  CHECK(has_pattern(cm, w, n, 31));
+  CHECK_OK(cumem_close(cm));
+}
+
 RUN_TESTS("core",
           T(alloc_rounds_to_granularity),
           T(sleep_offload_restores_bit_exact_at_same_address),
@@ -391,4 +419,5 @@ RUN_TESTS("core",
           T(bad_input_is_refused_and_changes_nothing),
           T(chunked_backing_restores),
           T(backups_are_retained_or_released_as_asked),
-          T(out_of_memory_wake_loses_nothing))
+          T(out_of_memory_wake_loses_nothing),
+          T(out_of_memory_alloc_changes_nothing))
