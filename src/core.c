@@ -198,6 +198,8 @@ int core_unmap_chunk(cumem_t *cm, alloc_t *a, size_t i) {
   return 0;
 }
 
+int core_is_asleep(const alloc_t *a) { return a->nmapped < a->nchunks || a->backed_up; }
+
 int core_holds_memory(const alloc_t *a) {
   for (size_t i = 0; i < a->nchunks; i++)
     if (a->state[i] != CHUNK_NONE) return 1;
@@ -436,7 +438,7 @@ int cumem_query(cumem_t *cm, const void *ptr, cumem_alloc_info_t *info) {
     info->size = a->size;
     info->requested = a->requested;
     info->device = a->device;
-    info->asleep = a->nmapped < a->nchunks || a->backed_up;
+    info->asleep = core_is_asleep(a);
     info->backed_up = a->backed_up;
     strcpy(info->tag, a->tag->name);
   }
@@ -522,7 +524,7 @@ static int find_range(cumem_t *cm, const void *p, size_t n, alloc_t **out) {
   if (!a) return CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is not inside a live cumem allocation", p);
   if (n > a->size - ((uintptr_t)p - a->va))
     return CUMEM_FAIL(CUMEM_EINVAL, "%zu bytes at %p run past the end of their allocation", n, p);
-  if (a->nmapped < a->nchunks || a->backed_up || a->freeing)
+  if (core_is_asleep(a) || a->freeing)
     return CUMEM_FAIL(CUMEM_EINVAL, "%p is asleep: wake it before touching its content", p);
   *out = a;
   return 0;

@@ -82,6 +82,10 @@ alloc_t *table_find_containing(const table_t *t, uintptr_t addr);
 int core_map_chunk(cumem_t *cm, alloc_t *a, size_t i);
 /* Any chunk holds physical memory (READY or not). */
 int core_holds_memory(const alloc_t *a);
+/* Not all of its content is on the device: some chunk is not READY, or the
+ * backup holds content not yet restored (a wake whose undo failed, a sleep
+ * that failed after the copy). Such memory must not be read or written. */
+int core_is_asleep(const alloc_t *a);
 int core_unmap_chunk(cumem_t *cm, alloc_t *a, size_t i);
 size_t core_chunk_size(const alloc_t *a, size_t i);
 /* Resolve a NULL-terminated tag list: NULL = match all (*all = 1). Unknown

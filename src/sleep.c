@@ -210,7 +210,7 @@ int engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned char *off
   size_t *first = calloc(n ? n : 1, sizeof *first);
   if (!copy || !first) rc = CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory");
   for (size_t i = 0; !rc && i < n; i++)
-    copy[i] = offload[i] && list[i]->nmapped == list[i]->nchunks && !list[i]->backed_up;
+    copy[i] = offload[i] && !core_is_asleep(list[i]);
   prep_job_t *jobs = NULL;
   size_t njobs = 0;
   if (!rc) rc = collect_jobs(cm, list, n, copy, &jobs, &njobs, first);
@@ -383,8 +383,7 @@ static int select_allocs(cumem_t *cm, tag_t **set, size_t nset, int all, int asl
   size_t k = 0;
   for (alloc_t *a = cm->table.first; a; a = a->next) {
     if (a->freeing || !core_tag_in(a->tag, set, nset, all)) continue;
-    /* A backup not yet restored (a wake whose undo failed) counts as asleep. */
-    int wanted = asleep_ones ? a->nmapped < a->nchunks || a->backed_up : core_holds_memory(a);
+    int wanted = asleep_ones ? core_is_asleep(a) : core_holds_memory(a);
     if (wanted) list[k++] = a;
   }
   *out = list;
@@ -463,8 +462,8 @@ static int one_alloc(cumem_t *cm, void *ptr, int wake) {
   alloc_t *a = table_find(&cm->table, (uintptr_t)ptr);
   int rc = a && !a->freeing ? 0 : CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is not the start of a live cumem allocation", ptr);
   unsigned char no_offload = 0;
-  if (!rc && wake && (a->nmapped < a->nchunks || a->backed_up)) rc = engine_wake(cm, &a, 1);
-  if (!rc && !wake && a->nmapped > 0) rc = engine_sleep(cm, &a, 1, &no_offload);
+  if (!rc && wake && core_is_asleep(a)) rc = engine_wake(cm, &a, 1);
+  if (!rc && !wake && core_holds_memory(a)) rc = engine_sleep(cm, &a, 1, &no_offload);
   pthread_mutex_unlock(&cm->lock);
   return rc;
 }
