@@ -43,6 +43,7 @@ typedef struct preparer {
   prep_job_t *jobs;
   size_t njobs, next;
   unsigned char *touched; /* per job */
+  double t_register;      /* seconds the consumer spent registering */
   pthread_mutex_t mu;
   pthread_cond_t cv;
   pthread_t *threads;
