@@ -80,7 +80,10 @@ size_t hostbuf_held(const hostbuf_t *hb) { return hb->ptr ? hb->size : 0; }
  * right before the segment's copy: measured on an H200, registrations from
  * worker threads stalled the consumer's own driver calls (releasing the
  * copied allocations took 549 ms instead of 40), so they go one at a time
- * between the copies, which run on the device meanwhile. */
+ * between the copies, which run on the device meanwhile. Registering is
+ * the slow part of a cold sleep (about 40 GB/s in an H200 VM, where the
+ * hypervisor pins pages for DMA) and more threads do not speed it up
+ * (bench/RESULTS.md); the way around it is to prepare a backup ahead. */
 
 static void *prep_worker(void *arg) {
   preparer_t *p = arg;

@@ -37,8 +37,9 @@ void cumem_options_init(cumem_options_t *opts) {
   opts->copy_chunk = (size_t)env_int("CUMEM_COPY_CHUNK_MB", 64) * MiB;
   if (opts->copy_chunk == 0) opts->copy_chunk = 64 * MiB;
   /* 8 touching threads measured fastest on a 16-core H200 host (cold sleep
-   * 28.3 GB/s, against 26.0 with 12 and 27.2 with 16): beyond that the
-   * kernel's (and the VM's) page allocation is the limit, not the threads. */
+   * 28.3 GB/s, against 26.0 with 12 and 27.2 with 16; again 28–29 against
+   * 23–26 with 16 later): with 8 the touching already stays ahead of the
+   * registering, and more threads only compete with it. */
   opts->host_threads = (int)env_int("CUMEM_HOST_THREADS", cores < 1 ? 1 : cores > 8 ? 8 : cores);
   if (opts->host_threads < 1) opts->host_threads = 1;
   opts->release_threads = (int)env_int("CUMEM_RELEASE_THREADS", 4);
