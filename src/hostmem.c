@@ -5,7 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 #include <unistd.h>
 
 #define HUGE_PAGE ((size_t)2 << 20)
@@ -134,11 +133,9 @@ int preparer_wait(preparer_t *p, size_t k) {
     while (!p->touched[k]) pthread_cond_wait(&p->cv, &p->mu);
     pthread_mutex_unlock(&p->mu);
   }
-  struct timespec t0, t1;
-  clock_gettime(CLOCK_MONOTONIC, &t0);
+  double t0 = cumem__now();
   int rc = hostbuf_register_segment(p->backend, p->jobs[k].hb, p->jobs[k].seg);
-  clock_gettime(CLOCK_MONOTONIC, &t1);
-  p->t_register += (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+  p->t_register += cumem__now() - t0;
   return rc;
 }
 

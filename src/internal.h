@@ -6,6 +6,7 @@
 #include "cumem_backend.h"
 
 #include <stdarg.h>
+#include <time.h>
 
 /* Record this thread's error detail ("<file>:<line>: <message>") and return
  * code, so that a failure reads `return CUMEM_FAIL(CUMEM_EINVAL, "...", ...)`. */
@@ -23,5 +24,12 @@ void cumem__error_restore(const cumem__error_save_t *s);
 /* Verbose logging (CUMEM_VERBOSE). */
 void cumem__log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 extern int cumem__verbose;
+
+/* Seconds on the monotonic clock, for the phase timings of the log. */
+static inline double cumem__now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
 
 #endif

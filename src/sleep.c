@@ -22,13 +22,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* One stream per device, created on first use within a call. */
 typedef struct streams {
@@ -178,15 +171,15 @@ typedef struct pending {
 
 /* Wait for p's copies, then mark it backed up and release its memory. */
 static int complete_offload(cumem_t *cm, pending_t *p, double *t_copy, double *t_release) {
-  double t0 = now();
+  double t0 = cumem__now();
   int rc = cm->backend->event_synchronize(cm->backend, p->event);
-  double t1 = now();
+  double t1 = cumem__now();
   *t_copy += t1 - t0;
   if (rc) return rc;
   p->a->backed_up = 1;
   p->a->backup.filled = 1;
   rc = release_alloc_memory(cm, p->a);
-  *t_release += now() - t1;
+  *t_release += cumem__now() - t1;
   return rc;
 }
 
@@ -198,11 +191,11 @@ int engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned char *off
   uint64_t devices = 0;
   for (size_t i = 0; i < n; i++)
     if (core_holds_memory(list[i])) devices |= (uint64_t)1 << list[i]->device;
-  double t0 = now();
+  double t0 = cumem__now();
   for (int d = 0; d < cm->ndevices && !rc; d++)
     if (devices >> d & 1) rc = b->synchronize(b, d);
   if (rc) return rc;
-  double t_sync = now() - t0, t_wait = 0, t_release = 0, t_copy = 0, t_free = 0;
+  double t_sync = cumem__now() - t0, t_wait = 0, t_release = 0, t_copy = 0, t_free = 0;
 
   /* 2. What to copy: offloaded allocations, fully mapped, not yet backed up.
    * (One that is partly released already lost or saved its content.) */
@@ -242,9 +235,9 @@ int engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned char *off
     for (size_t s = 0; !rc && s < a->backup.nseg; s++) {
       /* Segments prepared by this call are waited for; others were ready. */
       if (k < njobs && jobs[k].hb == &a->backup && jobs[k].seg == s) {
-        double t1 = now();
+        double t1 = cumem__now();
         rc = preparer_wait(&prep, k++);
-        t_wait += now() - t1;
+        t_wait += cumem__now() - t1;
       }
       if (!rc)
         rc = b->copy_to_host(b, a->backup.ptr + s * a->backup.seg, a->va + s * a->backup.seg,
@@ -272,9 +265,9 @@ int engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned char *off
   cumem__error_save_t e;
   cumem__error_save(&e);
   if (rel_started) {
-    double t1 = now();
+    double t1 = cumem__now();
     int rc3 = releaser_finish(&rel);
-    t_release = now() - t1;
+    t_release = cumem__now() - t1;
     if (!rc && rc3) {
       rc = rc3;
       cumem__error_save(&e);
@@ -287,7 +280,7 @@ int engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned char *off
   cumem__log("sleep of %zu allocations: %.1f ms device sync, %.1f ms preparing %zu host segments "
              "(%.1f ms of it registering), %.1f ms waiting for copies, %.1f ms releasing copied ones, "
              "%.1f ms finishing discards, %.1f ms in all", n, t_sync * 1e3, t_wait * 1e3, njobs,
-             t_register * 1e3, t_copy * 1e3, t_free * 1e3, t_release * 1e3, (now() - t0) * 1e3);
+             t_register * 1e3, t_copy * 1e3, t_free * 1e3, t_release * 1e3, (cumem__now() - t0) * 1e3);
   free(discard);
   free(jobs);
   free(first);
@@ -337,20 +330,20 @@ int engine_wake(cumem_t *cm, alloc_t **list, size_t n) {
   /* Map an allocation, queue its restore, go on to map the next one while
    * that copy runs. (Mapping everything first measured slower on an H200:
    * 52.5 against 54.5 GB/s, bench/RESULTS.md.) */
-  double t0 = now(), t_map = 0;
+  double t0 = cumem__now(), t_map = 0;
   for (size_t i = 0; !rc && i < n; i++) {
-    double t1 = now();
+    double t1 = cumem__now();
     rc = map_alloc(cm, list[i], undo, &nundo);
-    t_map += now() - t1;
+    t_map += cumem__now() - t1;
     if (!rc) rc = queue_restore(cm, &st, list[i]);
   }
-  double t_queued = now();
+  double t_queued = cumem__now();
   cumem__error_save_t e;
   cumem__error_save(&e);
   int rc2 = streams_finish(cm, &st);
   if (rc) cumem__error_restore(&e); else rc = rc2;
   cumem__log("wake of %zu allocations: %.1f ms mapping, %.1f ms queueing in all, %.1f ms waiting for copies",
-             n, t_map * 1e3, (t_queued - t0) * 1e3, (now() - t_queued) * 1e3);
+             n, t_map * 1e3, (t_queued - t0) * 1e3, (cumem__now() - t_queued) * 1e3);
 
   if (rc) {
     /* Undo only what this call mapped; the backups are untouched. */
