@@ -148,7 +148,8 @@ static void releaser_start(releaser_t *r, cumem_t *cm, alloc_t **list, size_t n)
   r->list = list;
   r->n = n;
   pthread_mutex_init(&r->mu, NULL);
-  int want = cm->opts.release_threads > 16 ? 16 : cm->opts.release_threads;
+  int most = (int)(sizeof r->threads / sizeof r->threads[0]);
+  int want = cm->opts.release_threads > most ? most : cm->opts.release_threads;
   for (int i = 0; i < want && (size_t)i < n; i++)
     if (pthread_create(&r->threads[r->nthreads], NULL, release_worker, r) == 0) r->nthreads++;
 }
@@ -195,7 +196,7 @@ int engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned char *off
   for (int d = 0; d < cm->ndevices && !rc; d++)
     if (devices >> d & 1) rc = b->synchronize(b, d);
   if (rc) return rc;
-  double t_sync = cumem__now() - t0, t_wait = 0, t_release = 0, t_copy = 0, t_free = 0;
+  double t_sync = cumem__now() - t0, t_wait = 0, t_discards = 0, t_copy = 0, t_release_copied = 0;
 
   /* 2. What to copy: offloaded allocations, fully mapped, not yet backed up.
    * (One that is partly released already lost or saved its content.) */
@@ -250,14 +251,14 @@ int engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned char *off
       break;
     }
     if (pend.a) {
-      rc = complete_offload(cm, &pend, &t_copy, &t_free);
+      rc = complete_offload(cm, &pend, &t_copy, &t_release_copied);
       b->event_destroy(b, pend.event);
       pend.a = NULL;
     }
     pend = (pending_t){a, event};
   }
   if (pend.a) {
-    if (!rc) rc = complete_offload(cm, &pend, &t_copy, &t_free);
+    if (!rc) rc = complete_offload(cm, &pend, &t_copy, &t_release_copied);
     b->event_destroy(b, pend.event);
   }
 
@@ -267,7 +268,7 @@ int engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned char *off
   if (rel_started) {
     double t1 = cumem__now();
     int rc3 = releaser_finish(&rel);
-    t_release = cumem__now() - t1;
+    t_discards = cumem__now() - t1;
     if (!rc && rc3) {
       rc = rc3;
       cumem__error_save(&e);
@@ -280,7 +281,8 @@ int engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned char *off
   cumem__log("sleep of %zu allocations: %.1f ms device sync, %.1f ms preparing %zu host segments "
              "(%.1f ms of it registering), %.1f ms waiting for copies, %.1f ms releasing copied ones, "
              "%.1f ms finishing discards, %.1f ms in all", n, t_sync * 1e3, t_wait * 1e3, njobs,
-             t_register * 1e3, t_copy * 1e3, t_free * 1e3, t_release * 1e3, (cumem__now() - t0) * 1e3);
+             t_register * 1e3, t_copy * 1e3, t_release_copied * 1e3, t_discards * 1e3,
+             (cumem__now() - t0) * 1e3);
   free(discard);
   free(jobs);
   free(first);
