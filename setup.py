@@ -12,6 +12,7 @@ run time, only cuda.h is read. Set CUDA_HOME if setup.py cannot find it.
 
 import glob
 import os
+import re
 import site
 import sys
 import sysconfig
@@ -91,11 +92,18 @@ def extension(name, main_source):
     )
 
 
+def version():
+    """The version, from the one place it is written: include/cumem.h."""
+    with open(os.path.join(ROOT, "include", "cumem.h")) as f:
+        parts = dict(re.findall(r"^#define CUMEM_VERSION_(MAJOR|MINOR|PATCH) (\d+)", f.read(), re.M))
+    return "{MAJOR}.{MINOR}.{PATCH}".format(**parts)
+
+
 os.chdir(ROOT)  # relative source paths, whatever directory pip runs us from
 
 setup(
     name="cumem",
-    version="0.1.0",
+    version=version(),
     description="Sleepable GPU memory on the CUDA VMM driver API (vLLM sleep mode / torch_memory_saver drop-in)",
     python_requires=">=3.9",
     package_dir={"": "python"},

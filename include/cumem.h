@@ -25,7 +25,19 @@
 extern "C" {
 #endif
 
-#define CUMEM_VERSION "0.1.0"
+/* The version: the one place it is written (CMake and setup.py read it from
+ * here). cumem_version() is the version of the library actually loaded. */
+#define CUMEM_VERSION_MAJOR 0
+#define CUMEM_VERSION_MINOR 2
+#define CUMEM_VERSION_PATCH 0
+#define CUMEM_VERSION_STRINGIFY_(x) #x
+#define CUMEM_VERSION_STRING_(a, b, c) \
+  CUMEM_VERSION_STRINGIFY_(a) "." CUMEM_VERSION_STRINGIFY_(b) "." CUMEM_VERSION_STRINGIFY_(c)
+#define CUMEM_VERSION \
+  CUMEM_VERSION_STRING_(CUMEM_VERSION_MAJOR, CUMEM_VERSION_MINOR, CUMEM_VERSION_PATCH)
+/* MAJOR << 16 | MINOR << 8 | PATCH, for compile-time comparisons. */
+#define CUMEM_VERSION_HEX \
+  ((CUMEM_VERSION_MAJOR << 16) | (CUMEM_VERSION_MINOR << 8) | CUMEM_VERSION_PATCH)
 
 #if defined(__GNUC__)
 #define CUMEM_API __attribute__((visibility("default")))
@@ -33,24 +45,44 @@ extern "C" {
 #define CUMEM_API
 #endif
 
+/* "0.2.0": the version of the loaded library (may differ from the header's
+ * CUMEM_VERSION when a program runs against a newer libcumem.so). */
+CUMEM_API const char *cumem_version(void);
+/* The same as CUMEM_VERSION_HEX, of the loaded library. */
+CUMEM_API unsigned cumem_version_hex(void);
+
 /* ---- errors ------------------------------------------------------------ */
+
+/* Every error code, once: XX(name, value, meaning). The enum, cumem_strerror,
+ * cumem_err_name and the Python constants are generated from this list
+ * (libuv's UV_ERRNO_MAP). Values are negative and never reused. */
+#define CUMEM_ERRNO_MAP(XX)                                                     \
+  XX(EINVAL, -1, "invalid argument")                                          \
+  XX(ENOMEM, -2, "out of device memory")                                      \
+  XX(ENOHOST, -3, "out of host memory")                                       \
+  XX(ENOTFOUND, -4, "not a live cumem allocation")                            \
+  XX(ENOTAG, -5, "unknown tag")                                               \
+  XX(ENODEV, -6, "no such device")                                            \
+  XX(ENODRIVER, -7, "backend unavailable (no driver or GPU)")                 \
+  XX(EDRIVER, -8, "driver call failed")                                       \
+  XX(E2BIG, -9, "size exceeds the device's memory")                           \
+  XX(ENOTSUP, -10, "not supported by this backend or device")                 \
+  XX(ENOSPC, -11, "out of disk space for a backup")                           \
+  XX(EBUSY, -12, "busy: other calls are still using it")                      \
+  XX(EFORKED, -13, "the instance belongs to the parent process (fork)")
 
 enum {
   CUMEM_OK = 0,
-  CUMEM_EINVAL = -1,    /* an argument is invalid (NULL, size 0, bad list) */
-  CUMEM_ENOMEM = -2,    /* out of device memory */
-  CUMEM_ENOHOST = -3,   /* out of host memory (backup, bookkeeping) */
-  CUMEM_ENOTFOUND = -4, /* the pointer is not a live cumem allocation */
-  CUMEM_ENOTAG = -5,    /* a named tag has never been used */
-  CUMEM_ENODEV = -6,    /* the device ordinal does not exist */
-  CUMEM_ENODRIVER = -7, /* the backend is unavailable (no driver, no GPU) */
-  CUMEM_EDRIVER = -8,   /* a driver call failed; the detail names it */
-  CUMEM_E2BIG = -9,     /* the size exceeds the device's memory */
-  CUMEM_ENOTSUP = -10,  /* the backend or device cannot do this */
+#define CUMEM_XX_(name, value, meaning) CUMEM_##name = (value),
+  CUMEM_ERRNO_MAP(CUMEM_XX_)
+#undef CUMEM_XX_
 };
 
-/* Name and meaning of an error code ("CUMEM_ENOMEM: out of device memory"). */
+/* Name and meaning of an error code ("CUMEM_ENOMEM: out of device memory");
+ * "CUMEM_E?: unknown error code" for a value not in the list. */
 CUMEM_API const char *cumem_strerror(int code);
+/* The code's name alone ("CUMEM_ENOMEM"; "CUMEM_E?" when unknown). */
+CUMEM_API const char *cumem_err_name(int code);
 /* Detail of the last failure of a cumem call made by this thread. Valid until
  * this thread's next failing call. Never NULL ("" when none). */
 CUMEM_API const char *cumem_last_error(void);
@@ -101,6 +133,30 @@ CUMEM_API int cumem_default(cumem_t **out);
  * NULL restores "default". */
 CUMEM_API int cumem_set_current_tag(const char *tag);
 CUMEM_API const char *cumem_current_tag(void);
+
+/* Per-tag choices. A field left at CUMEM_TAG_INHERIT follows the instance's
+ * option of the same name. Setting the options of a tag never used creates
+ * it (it is then listed by cumem_tags and may be named in tag lists). */
+#define CUMEM_TAG_INHERIT (-1)
+enum {
+  CUMEM_BACKUP_HOST = 0, /* offloaded content goes to pinned host memory */
+  CUMEM_BACKUP_DISK = 1, /* ... to files under the instance's disk_dir */
+};
+typedef struct cumem_tag_options {
+  int backup;         /* CUMEM_BACKUP_HOST (default) or CUMEM_BACKUP_DISK */
+  int skip_unchanged; /* 0/1: at sleep, copy only what changed since the
+                         retained backup was written; INHERIT */
+  int prepare_ahead;  /* 0/1: pin the host backup in the background once
+                         the tag stops growing; INHERIT */
+} cumem_tag_options_t;
+
+/* Every field CUMEM_TAG_INHERIT, backup CUMEM_BACKUP_HOST. */
+CUMEM_API void cumem_tag_options_init(cumem_tag_options_t *o);
+CUMEM_API int cumem_tag_set_options(cumem_t *cm, const char *tag,
+                                    const cumem_tag_options_t *o);
+/* CUMEM_ENOTAG for a tag never used or configured. */
+CUMEM_API int cumem_tag_get_options(cumem_t *cm, const char *tag,
+                                    cumem_tag_options_t *o);
 
 /* ---- allocation -------------------------------------------------------- */
 

@@ -3,10 +3,12 @@
  * mimalloc's prim layer). Three ship with cumem:
  *   cuda  — the CUDA driver API, loaded at run time, primary contexts;
  *   host  — the same VMM semantics on host memory (mmap, memfd, MAP_FIXED);
- *   fault — wraps another backend and fails chosen calls, for tests.
+ *   fault — wraps another backend and fails chosen calls, for tests
+ *           (declared in cumem_testing.h).
  *
  * Every operation returns 0 or a negative CUMEM_E* code and, on failure, sets
- * the thread's detail with cumem__set_error (see "cumem_internal.h"). A failed
+ * the thread's detail (cumem_last_error; inside cumem, CUMEM_FAIL in
+ * src/internal.h). A failed
  * operation has no effect (its post-condition is simply not reached).
  *
  * Sizes and addresses handed to reserve/create/map/unmap/set_access are
@@ -94,19 +96,9 @@ struct cumem_backend {
  * (cuda: CUMEM_ENODRIVER where no driver or device answers). */
 CUMEM_API int cumem_backend_cuda(cumem_backend_t **out);
 CUMEM_API int cumem_backend_host(cumem_backend_t **out);
-
-/* The fault backend wraps `inner` (and destroys it when destroyed). */
-CUMEM_API int cumem_backend_fault(cumem_backend_t **out, cumem_backend_t *inner);
-/* Fail the nth call (1-based, counted from now) of operation `op` (its field
- * name, e.g. "create"), or of any operation when op is NULL, with `code`.
- * persistent != 0 fails that call and every later matching one. n = 0 turns
- * faults off. */
-CUMEM_API void cumem_fault_arm(cumem_backend_t *fault, long n, const char *op,
-                               int code, int persistent);
-/* Calls seen (of any operation) since the last arm. */
-CUMEM_API long cumem_fault_calls(const cumem_backend_t *fault);
-/* Failures injected since the last arm. */
-CUMEM_API long cumem_fault_injected(const cumem_backend_t *fault);
+/* A backend by name: "cuda", "host", or "auto" (NULL): cuda where a driver
+ * and a device answer, else host. The one place names are resolved. */
+CUMEM_API int cumem_backend_open(const char *name, cumem_backend_t **out);
 
 /* Open an instance over a given backend; the instance owns it afterwards
  * (it is destroyed by cumem_close, or here on failure). */

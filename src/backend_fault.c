@@ -5,6 +5,7 @@
  * stream_destroy and event_destroy are never failed: they cannot fail for a
  * valid object in CUDA, and the core relies on that to leak nothing. */
 #include "internal.h"
+#include "cumem_testing.h"
 
 #include <stdatomic.h>
 #include <stdlib.h>

@@ -33,7 +33,76 @@ static tag_t *tag_find(cumem_t *cm, const char *name) {
   return NULL;
 }
 
-int core_tag_set(cumem_t *cm, const char *const *names, tag_t ***out, size_t *n, int *all) {
+/* The tag named `name`, created if new (*created says so). Pre: lock held,
+ * name checked. */
+static int tag_get(cumem_t *cm, const char *name, tag_t **out, int *created) {
+  *created = 0;
+  if ((*out = tag_find(cm, name))) return 0;
+  tag_t *t = calloc(1, sizeof *t);
+  if (!t) return CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for a tag");
+  strcpy(t->name, name);
+  cumem_tag_options_init(&t->opts);
+  t->next = cm->tags;
+  cm->tags = t;
+  cm->ntags++;
+  *out = t;
+  *created = 1;
+  return 0;
+}
+
+/* Forget the newest tag again (one tag_get just created, nobody uses). */
+static void tag_forget_newest(cumem_t *cm) {
+  tag_t *t = cm->tags;
+  cm->tags = t->next;
+  cm->ntags--;
+  free(t);
+}
+
+void cumem_tag_options_init(cumem_tag_options_t *o) {
+  if (!o) return;
+  o->backup = CUMEM_BACKUP_HOST;
+  o->skip_unchanged = CUMEM_TAG_INHERIT;
+  o->prepare_ahead = CUMEM_TAG_INHERIT;
+}
+
+static int check_tag_options(const cumem_tag_options_t *o) {
+  if (o->backup != CUMEM_BACKUP_HOST && o->backup != CUMEM_BACKUP_DISK)
+    return CUMEM_FAIL(CUMEM_EINVAL, "tag option backup = %d (expected CUMEM_BACKUP_HOST or CUMEM_BACKUP_DISK)",
+                      o->backup);
+  if (o->skip_unchanged < CUMEM_TAG_INHERIT || o->skip_unchanged > 1)
+    return CUMEM_FAIL(CUMEM_EINVAL, "tag option skip_unchanged = %d (expected -1, 0 or 1)", o->skip_unchanged);
+  if (o->prepare_ahead < CUMEM_TAG_INHERIT || o->prepare_ahead > 1)
+    return CUMEM_FAIL(CUMEM_EINVAL, "tag option prepare_ahead = %d (expected -1, 0 or 1)", o->prepare_ahead);
+  return 0;
+}
+
+int cumem_tag_set_options(cumem_t *cm, const char *tag, const cumem_tag_options_t *o) {
+  if (!cm || !o) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_tag_set_options: NULL argument");
+  int rc = check_tag_name(tag);
+  if (!rc) rc = check_tag_options(o);
+  if (rc) return rc;
+  pthread_mutex_lock(&cm->lock);
+  tag_t *t = NULL;
+  int created;
+  rc = tag_get(cm, tag, &t, &created);
+  if (!rc) t->opts = *o;
+  pthread_mutex_unlock(&cm->lock);
+  return rc;
+}
+
+int cumem_tag_get_options(cumem_t *cm, const char *tag, cumem_tag_options_t *o) {
+  if (!cm || !o) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_tag_get_options: NULL argument");
+  int rc = check_tag_name(tag);
+  if (rc) return rc;
+  pthread_mutex_lock(&cm->lock);
+  tag_t *t = tag_find(cm, tag);
+  if (t) *o = t->opts;
+  else rc = CUMEM_FAIL(CUMEM_ENOTAG, "no allocation has ever used tag \"%s\"", tag);
+  pthread_mutex_unlock(&cm->lock);
+  return rc;
+}
+
+int cumem__tag_set(cumem_t *cm, const char *const *names, tag_t ***out, size_t *n, int *all) {
   *out = NULL;
   *n = 0;
   *all = names == NULL;
@@ -56,7 +125,7 @@ int core_tag_set(cumem_t *cm, const char *const *names, tag_t ***out, size_t *n,
   return 0;
 }
 
-int core_tag_in(tag_t *t, tag_t **set, size_t n, int all) {
+int cumem__tag_in(tag_t *t, tag_t **set, size_t n, int all) {
   if (all) return 1;
   for (size_t i = 0; i < n; i++)
     if (set[i] == t) return 1;
@@ -73,7 +142,7 @@ int cumem_open_backend(cumem_t **out, const cumem_options_t *opts, cumem_backend
   }
   *out = NULL;
   cumem_t *cm = calloc(1, sizeof *cm);
-  int rc = cm ? table_init(&cm->table) : CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for an instance");
+  int rc = cm ? cumem__table_init(&cm->table) : CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for an instance");
   if (!rc) {
     if (opts) cm->opts = *opts; else cumem_options_init(&cm->opts);
     cm->backend = backend;
@@ -89,7 +158,7 @@ int cumem_open_backend(cumem_t **out, const cumem_options_t *opts, cumem_backend
     cm->devices[d].known = !rc;
   }
   if (rc) {
-    if (cm) table_destroy(&cm->table);
+    if (cm) cumem__table_destroy(&cm->table);
     free(cm);
     backend->destroy(backend);
     return rc;
@@ -100,6 +169,22 @@ int cumem_open_backend(cumem_t **out, const cumem_options_t *opts, cumem_backend
   return 0;
 }
 
+int cumem_backend_open(const char *name, cumem_backend_t **out) {
+  if (!out) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_backend_open: out is NULL");
+  *out = NULL;
+  if (!name) name = "auto";
+  if (strcmp(name, "cuda") == 0) return cumem_backend_cuda(out);
+  if (strcmp(name, "host") == 0) return cumem_backend_host(out);
+  if (strcmp(name, "auto") != 0)
+    return CUMEM_FAIL(CUMEM_EINVAL, "unknown backend \"%s\" (expected auto, cuda or host)", name);
+  int rc = cumem_backend_cuda(out);
+  if (rc == CUMEM_ENODRIVER) {
+    cumem__log("auto: no CUDA driver or GPU (%s); using the host backend", cumem_last_error());
+    rc = cumem_backend_host(out);
+  }
+  return rc;
+}
+
 int cumem_open(cumem_t **out, const cumem_options_t *opts) {
   cumem_options_t defaults;
   if (!opts) {
@@ -107,24 +192,9 @@ int cumem_open(cumem_t **out, const cumem_options_t *opts) {
     opts = &defaults;
   }
   if (!out) return CUMEM_FAIL(CUMEM_EINVAL, "out is NULL");
-  const char *name = opts->backend ? opts->backend : "auto";
   cumem_backend_t *b = NULL;
-  int rc;
-  if (strcmp(name, "cuda") == 0) {
-    rc = cumem_backend_cuda(&b);
-  } else if (strcmp(name, "host") == 0) {
-    rc = cumem_backend_host(&b);
-  } else if (strcmp(name, "auto") == 0) {
-    rc = cumem_backend_cuda(&b);
-    if (rc == CUMEM_ENODRIVER) {
-      cumem__log("auto: no CUDA driver or GPU (%s); using the host backend", cumem_last_error());
-      rc = cumem_backend_host(&b);
-    }
-  } else {
-    return CUMEM_FAIL(CUMEM_EINVAL, "unknown backend \"%s\" (expected auto, cuda or host)", name);
-  }
-  if (rc) return rc;
-  return cumem_open_backend(out, opts, b);
+  int rc = cumem_backend_open(opts->backend, &b);
+  return rc ? rc : cumem_open_backend(out, opts, b);
 }
 
 const char *cumem_backend_name(const cumem_t *cm) { return cm ? cm->backend->name : "none"; }
@@ -143,16 +213,16 @@ int cumem_default(cumem_t **out) {
 
 /* ---- chunks -------------------------------------------------------------- */
 
-size_t core_chunk_size(const alloc_t *a, size_t i) {
+size_t cumem__chunk_size(const alloc_t *a, size_t i) {
   size_t off = i * a->chunk;
   return a->size - off < a->chunk ? a->size - off : a->chunk;
 }
 
 /* Bring chunk i to READY: created, mapped, accessible; undo on failure. */
-int core_map_chunk(cumem_t *cm, alloc_t *a, size_t i) {
+int cumem__map_chunk(cumem_t *cm, alloc_t *a, size_t i) {
   cumem_backend_t *b = cm->backend;
   uintptr_t va = a->va + i * a->chunk;
-  size_t n = core_chunk_size(a, i);
+  size_t n = cumem__chunk_size(a, i);
   int rc = 0;
   if (a->state[i] == CHUNK_NONE) {
     rc = b->create(b, a->device, n, &a->handles[i]);
@@ -173,7 +243,7 @@ int core_map_chunk(cumem_t *cm, alloc_t *a, size_t i) {
     /* Undo; whatever cannot be undone stays recorded for sleep or free. */
     cumem__error_save_t e;
     cumem__error_save(&e);
-    (void)core_unmap_chunk(cm, a, i);
+    (void)cumem__unmap_chunk(cm, a, i);
     cumem__error_restore(&e);
   }
   return rc;
@@ -181,10 +251,10 @@ int core_map_chunk(cumem_t *cm, alloc_t *a, size_t i) {
 
 /* Bring chunk i down to NONE: unmapped and released. On failure the state
  * says what is left, and a retry finishes it. */
-int core_unmap_chunk(cumem_t *cm, alloc_t *a, size_t i) {
+int cumem__unmap_chunk(cumem_t *cm, alloc_t *a, size_t i) {
   cumem_backend_t *b = cm->backend;
   if (a->state[i] == CHUNK_READY || a->state[i] == CHUNK_MAPPED) {
-    int rc = b->unmap(b, a->va + i * a->chunk, core_chunk_size(a, i));
+    int rc = b->unmap(b, a->va + i * a->chunk, cumem__chunk_size(a, i));
     if (rc) return rc;
     if (a->state[i] == CHUNK_READY) a->nmapped--;
     a->state[i] = CHUNK_HANDLE;
@@ -198,9 +268,9 @@ int core_unmap_chunk(cumem_t *cm, alloc_t *a, size_t i) {
   return 0;
 }
 
-int core_is_asleep(const alloc_t *a) { return a->nmapped < a->nchunks || a->backed_up; }
+int cumem__is_asleep(const alloc_t *a) { return a->nmapped < a->nchunks || a->backed_up; }
 
-int core_holds_memory(const alloc_t *a) {
+int cumem__holds_memory(const alloc_t *a) {
   for (size_t i = 0; i < a->nchunks; i++)
     if (a->state[i] != CHUNK_NONE) return 1;
   return 0;
@@ -225,10 +295,10 @@ static void alloc_destroy_record(alloc_t *a) {
  * On failure the record stays (in its new, smaller state) for a retry. */
 static int alloc_release_all(cumem_t *cm, alloc_t *a) {
   for (size_t i = 0; i < a->nchunks; i++) {
-    int rc = core_unmap_chunk(cm, a, i);
+    int rc = cumem__unmap_chunk(cm, a, i);
     if (rc) return rc;
   }
-  int rc = hostbuf_free(cm->backend, &a->backup);
+  int rc = cumem__hostbuf_free(cm->backend, &a->backup);
   if (rc) return rc;
   a->backed_up = 0;
   /* The address range goes last: while the record exists, no other
@@ -301,23 +371,14 @@ int cumem_alloc_ex(cumem_t *cm, void **out, size_t size, int device, const char 
     drain_limbo(cm);
     cumem__error_restore(&e0);
   }
-  tag_t *t = tag_find(cm, tag);
-  int new_tag = !t;
-  if (new_tag) {
-    t = calloc(1, sizeof *t);
-    if (!t) rc = CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for a tag");
-    else {
-      strcpy(t->name, tag);
-      t->next = cm->tags;
-      cm->tags = t;
-      cm->ntags++;
-    }
-  }
+  tag_t *t = NULL;
+  int new_tag = 0;
+  rc = tag_get(cm, tag, &t, &new_tag);
   a->tag = t;
   if (!rc) rc = cm->backend->reserve(cm->backend, device, rounded, &a->va);
   a->reserved = !rc;
-  for (size_t i = 0; !rc && i < nchunks; i++) rc = core_map_chunk(cm, a, i);
-  if (!rc) rc = table_insert(&cm->table, a);
+  for (size_t i = 0; !rc && i < nchunks; i++) rc = cumem__map_chunk(cm, a, i);
+  if (!rc) rc = cumem__table_insert(&cm->table, a);
   if (rc) {
     cumem__error_save_t e;
     cumem__error_save(&e);
@@ -330,11 +391,7 @@ int cumem_alloc_ex(cumem_t *cm, void **out, size_t size, int device, const char 
     } else {
       alloc_destroy_record(a);
     }
-    if (new_tag && t) { /* nobody uses it: forget it again */
-      cm->tags = t->next;
-      cm->ntags--;
-      free(t);
-    }
+    if (new_tag) tag_forget_newest(cm); /* nobody uses it: forget it again */
     cumem__error_restore(&e);
   } else {
     *out = (void *)a->va;
@@ -348,19 +405,19 @@ int cumem_alloc(cumem_t *cm, void **out, size_t size, int device, const char *ta
 }
 
 static int free_locked(cumem_t *cm, void *ptr, int sync_device) {
-  alloc_t *a = table_find(&cm->table, (uintptr_t)ptr);
+  alloc_t *a = cumem__table_find(&cm->table, (uintptr_t)ptr);
   if (!a) {
-    return table_find_containing(&cm->table, (uintptr_t)ptr)
+    return cumem__table_find_containing(&cm->table, (uintptr_t)ptr)
                ? CUMEM_FAIL(CUMEM_EINVAL, "free(%p): not the start of its allocation", ptr)
                : CUMEM_FAIL(CUMEM_ENOTFOUND, "free(%p): not a live cumem allocation (double free?)", ptr);
   }
   int rc = 0;
   a->freeing = 1; /* from now on sleep, wake and data access leave it alone */
   /* Kernels may still run on the memory: unmap does not wait for them. */
-  if (sync_device && core_holds_memory(a)) rc = cm->backend->synchronize(cm->backend, a->device);
+  if (sync_device && cumem__holds_memory(a)) rc = cm->backend->synchronize(cm->backend, a->device);
   if (!rc) rc = alloc_release_all(cm, a);
   if (rc) return rc; /* still in the table, in a state a retry completes */
-  table_remove(&cm->table, a);
+  cumem__table_remove(&cm->table, a);
   alloc_destroy_record(a);
   return 0;
 }
@@ -397,7 +454,7 @@ int cumem_close(cumem_t *cm) {
     alloc_t *a = cm->table.first;
     rc = alloc_release_all(cm, a);
     if (!rc) {
-      table_remove(&cm->table, a);
+      cumem__table_remove(&cm->table, a);
       alloc_destroy_record(a);
     }
   }
@@ -411,7 +468,7 @@ int cumem_close(cumem_t *cm) {
     cm->tags = t->next;
     free(t);
   }
-  table_destroy(&cm->table);
+  cumem__table_destroy(&cm->table);
   pthread_mutex_destroy(&cm->lock);
   cm->backend->destroy(cm->backend);
   free(cm);
@@ -424,21 +481,21 @@ static size_t mapped_bytes(const alloc_t *a) {
   if (a->nmapped == a->nchunks) return a->size;
   size_t n = 0;
   for (size_t i = 0; i < a->nchunks; i++)
-    if (a->state[i] == CHUNK_READY) n += core_chunk_size(a, i);
+    if (a->state[i] == CHUNK_READY) n += cumem__chunk_size(a, i);
   return n;
 }
 
 int cumem_query(cumem_t *cm, const void *ptr, cumem_alloc_info_t *info) {
   if (!cm || !info) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_query: NULL argument");
   pthread_mutex_lock(&cm->lock);
-  alloc_t *a = table_find_containing(&cm->table, (uintptr_t)ptr);
+  alloc_t *a = cumem__table_find_containing(&cm->table, (uintptr_t)ptr);
   if (a) {
     memset(info, 0, sizeof *info);
     info->ptr = (void *)a->va;
     info->size = a->size;
     info->requested = a->requested;
     info->device = a->device;
-    info->asleep = core_is_asleep(a);
+    info->asleep = cumem__is_asleep(a);
     info->backed_up = a->backed_up;
     strcpy(info->tag, a->tag->name);
   }
@@ -449,7 +506,7 @@ int cumem_query(cumem_t *cm, const void *ptr, cumem_alloc_info_t *info) {
 int cumem_backup_view(cumem_t *cm, const void *ptr, void **host, size_t *len) {
   if (!cm || !host || !len) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_backup_view: NULL argument");
   pthread_mutex_lock(&cm->lock);
-  alloc_t *a = table_find_containing(&cm->table, (uintptr_t)ptr);
+  alloc_t *a = cumem__table_find_containing(&cm->table, (uintptr_t)ptr);
   int rc = !a ? CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is not inside a live cumem allocation", ptr)
            : !a->backup.filled ? CUMEM_FAIL(CUMEM_ENOTFOUND, "no sleep has saved the content of %p", ptr)
                                : 0;
@@ -477,7 +534,7 @@ int cumem_stats(cumem_t *cm, const char *tag, cumem_stats_t *out) {
       out->bytes_mapped += m;
       out->bytes_asleep += a->size - m;
       if (a->backed_up) out->bytes_backed_up += a->size;
-      out->bytes_host_held += hostbuf_held(&a->backup);
+      out->bytes_host_held += cumem__hostbuf_held(&a->backup);
     }
   }
   pthread_mutex_unlock(&cm->lock);
@@ -520,11 +577,11 @@ int cumem_device_info(cumem_t *cm, int device, cumem_device_info_t *info) {
 
 /* The allocation that holds all of [p, p + n), awake. */
 static int find_range(cumem_t *cm, const void *p, size_t n, alloc_t **out) {
-  alloc_t *a = table_find_containing(&cm->table, (uintptr_t)p);
+  alloc_t *a = cumem__table_find_containing(&cm->table, (uintptr_t)p);
   if (!a) return CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is not inside a live cumem allocation", p);
   if (n > a->size - ((uintptr_t)p - a->va))
     return CUMEM_FAIL(CUMEM_EINVAL, "%zu bytes at %p run past the end of their allocation", n, p);
-  if (core_is_asleep(a) || a->freeing)
+  if (cumem__is_asleep(a) || a->freeing)
     return CUMEM_FAIL(CUMEM_EINVAL, "%p is asleep: wake it before touching its content", p);
   *out = a;
   return 0;

@@ -12,6 +12,7 @@
 typedef struct tag {
   struct tag *next;
   char name[CUMEM_TAG_MAX + 1];
+  cumem_tag_options_t opts;
 } tag_t;
 
 /* The state of one chunk of physical memory. Each step up is one backend
@@ -71,31 +72,31 @@ struct cumem {
 };
 
 /* table.c: allocations by start address. */
-int table_init(table_t *t);
-void table_destroy(table_t *t);
-int table_insert(table_t *t, alloc_t *a);
-void table_remove(table_t *t, alloc_t *a);
-alloc_t *table_find(const table_t *t, uintptr_t va);
-alloc_t *table_find_containing(const table_t *t, uintptr_t addr);
+int cumem__table_init(table_t *t);
+void cumem__table_destroy(table_t *t);
+int cumem__table_insert(table_t *t, alloc_t *a);
+void cumem__table_remove(table_t *t, alloc_t *a);
+alloc_t *cumem__table_find(const table_t *t, uintptr_t va);
+alloc_t *cumem__table_find_containing(const table_t *t, uintptr_t addr);
 
 /* core.c: helpers the sleep engine shares. */
-int core_map_chunk(cumem_t *cm, alloc_t *a, size_t i);
+int cumem__map_chunk(cumem_t *cm, alloc_t *a, size_t i);
 /* Any chunk holds physical memory (READY or not). */
-int core_holds_memory(const alloc_t *a);
+int cumem__holds_memory(const alloc_t *a);
 /* Not all of its content is on the device: some chunk is not READY, or the
  * backup holds content not yet restored (a wake whose undo failed, a sleep
  * that failed after the copy). Such memory must not be read or written. */
-int core_is_asleep(const alloc_t *a);
-int core_unmap_chunk(cumem_t *cm, alloc_t *a, size_t i);
-size_t core_chunk_size(const alloc_t *a, size_t i);
+int cumem__is_asleep(const alloc_t *a);
+int cumem__unmap_chunk(cumem_t *cm, alloc_t *a, size_t i);
+size_t cumem__chunk_size(const alloc_t *a, size_t i);
 /* Resolve a NULL-terminated tag list: NULL = match all (*all = 1). Unknown
  * tag names are CUMEM_ENOTAG. */
-int core_tag_set(cumem_t *cm, const char *const *names, tag_t ***out, size_t *n, int *all);
-int core_tag_in(tag_t *t, tag_t **set, size_t n, int all);
+int cumem__tag_set(cumem_t *cm, const char *const *names, tag_t ***out, size_t *n, int *all);
+int cumem__tag_in(tag_t *t, tag_t **set, size_t n, int all);
 
 /* sleep.c: the engine, over a list of allocations. */
-int engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned char *offload);
-int engine_wake(cumem_t *cm, alloc_t **list, size_t n);
-int engine_prepare(cumem_t *cm, alloc_t **list, size_t n);
+int cumem__engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned char *offload);
+int cumem__engine_wake(cumem_t *cm, alloc_t **list, size_t n);
+int cumem__engine_prepare(cumem_t *cm, alloc_t **list, size_t n);
 
 #endif

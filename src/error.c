@@ -1,4 +1,4 @@
-/* Error codes and the per-thread error detail. */
+/* The version, error codes and the per-thread error detail. */
 #include "internal.h"
 
 #include <stdio.h>
@@ -7,20 +7,28 @@
 static _Thread_local char last_error[512];
 int cumem__verbose;
 
+const char *cumem_version(void) { return CUMEM_VERSION; }
+unsigned cumem_version_hex(void) { return CUMEM_VERSION_HEX; }
+
 const char *cumem_strerror(int code) {
   switch (code) {
   case CUMEM_OK: return "CUMEM_OK: success";
-  case CUMEM_EINVAL: return "CUMEM_EINVAL: invalid argument";
-  case CUMEM_ENOMEM: return "CUMEM_ENOMEM: out of device memory";
-  case CUMEM_ENOHOST: return "CUMEM_ENOHOST: out of host memory";
-  case CUMEM_ENOTFOUND: return "CUMEM_ENOTFOUND: not a live cumem allocation";
-  case CUMEM_ENOTAG: return "CUMEM_ENOTAG: unknown tag";
-  case CUMEM_ENODEV: return "CUMEM_ENODEV: no such device";
-  case CUMEM_ENODRIVER: return "CUMEM_ENODRIVER: backend unavailable (no driver or GPU)";
-  case CUMEM_EDRIVER: return "CUMEM_EDRIVER: driver call failed";
-  case CUMEM_E2BIG: return "CUMEM_E2BIG: size exceeds the device's memory";
-  case CUMEM_ENOTSUP: return "CUMEM_ENOTSUP: not supported by this backend or device";
+#define XX(name, value, meaning) \
+  case CUMEM_##name: return "CUMEM_" #name ": " meaning;
+    CUMEM_ERRNO_MAP(XX)
+#undef XX
   default: return "CUMEM_E?: unknown error code";
+  }
+}
+
+const char *cumem_err_name(int code) {
+  switch (code) {
+  case CUMEM_OK: return "CUMEM_OK";
+#define XX(name, value, meaning) \
+  case CUMEM_##name: return "CUMEM_" #name;
+    CUMEM_ERRNO_MAP(XX)
+#undef XX
+  default: return "CUMEM_E?";
   }
 }
 

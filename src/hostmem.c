@@ -9,7 +9,7 @@
 
 #define HUGE_PAGE ((size_t)2 << 20)
 
-int hostbuf_map(hostbuf_t *hb, size_t size, size_t seg) {
+int cumem__hostbuf_map(hostbuf_t *hb, size_t size, size_t seg) {
   memset(hb, 0, sizeof *hb);
   if (size == 0 || seg == 0) return CUMEM_FAIL(CUMEM_EINVAL, "empty host buffer");
   hb->nseg = (size + seg - 1) / seg;
@@ -37,26 +37,26 @@ int hostbuf_map(hostbuf_t *hb, size_t size, size_t seg) {
   return 0;
 }
 
-size_t hostbuf_segment_size(const hostbuf_t *hb, size_t i) {
+size_t cumem__hostbuf_segment_size(const hostbuf_t *hb, size_t i) {
   size_t off = i * hb->seg;
   return hb->size - off < hb->seg ? hb->size - off : hb->seg;
 }
 
-void hostbuf_touch_segment(hostbuf_t *hb, size_t i) {
+void cumem__hostbuf_touch_segment(hostbuf_t *hb, size_t i) {
   unsigned char *p = hb->ptr + i * hb->seg;
-  size_t n = hostbuf_segment_size(hb, i);
+  size_t n = cumem__hostbuf_segment_size(hb, i);
   long page = sysconf(_SC_PAGESIZE);
   for (size_t off = 0; off < n; off += (size_t)page) p[off] = 0;
 }
 
-int hostbuf_register_segment(cumem_backend_t *b, hostbuf_t *hb, size_t i) {
+int cumem__hostbuf_register_segment(cumem_backend_t *b, hostbuf_t *hb, size_t i) {
   if (hb->ready[i]) return 0;
-  int rc = b->host_register(b, hb->ptr + i * hb->seg, hostbuf_segment_size(hb, i));
+  int rc = b->host_register(b, hb->ptr + i * hb->seg, cumem__hostbuf_segment_size(hb, i));
   if (!rc) hb->ready[i] = 1;
   return rc;
 }
 
-int hostbuf_free(cumem_backend_t *b, hostbuf_t *hb) {
+int cumem__hostbuf_free(cumem_backend_t *b, hostbuf_t *hb) {
   if (!hb->ptr) return 0;
   for (size_t i = 0; i < hb->nseg; i++) {
     if (!hb->ready[i]) continue;
@@ -71,7 +71,7 @@ int hostbuf_free(cumem_backend_t *b, hostbuf_t *hb) {
   return 0;
 }
 
-size_t hostbuf_held(const hostbuf_t *hb) { return hb->ptr ? hb->size : 0; }
+size_t cumem__hostbuf_held(const hostbuf_t *hb) { return hb->ptr ? hb->size : 0; }
 
 /* ---- the preparer pool ----
  * Workers only touch: that is where the kernel allocates and zeroes pages,
@@ -90,7 +90,7 @@ static void *prep_worker(void *arg) {
   while (p->next < p->njobs) {
     size_t k = p->next++;
     pthread_mutex_unlock(&p->mu);
-    hostbuf_touch_segment(p->jobs[k].hb, p->jobs[k].seg);
+    cumem__hostbuf_touch_segment(p->jobs[k].hb, p->jobs[k].seg);
     pthread_mutex_lock(&p->mu);
     p->touched[k] = 1;
     pthread_cond_broadcast(&p->cv);
@@ -99,7 +99,7 @@ static void *prep_worker(void *arg) {
   return NULL;
 }
 
-int preparer_start(preparer_t *p, cumem_backend_t *b, prep_job_t *jobs, size_t njobs, int threads) {
+int cumem__preparer_start(preparer_t *p, cumem_backend_t *b, prep_job_t *jobs, size_t njobs, int threads) {
   memset(p, 0, sizeof *p);
   p->backend = b;
   p->jobs = jobs;
@@ -125,21 +125,21 @@ int preparer_start(preparer_t *p, cumem_backend_t *b, prep_job_t *jobs, size_t n
   return 0;
 }
 
-int preparer_wait(preparer_t *p, size_t k) {
+int cumem__preparer_wait(preparer_t *p, size_t k) {
   if (p->nthreads == 0) {
-    hostbuf_touch_segment(p->jobs[k].hb, p->jobs[k].seg);
+    cumem__hostbuf_touch_segment(p->jobs[k].hb, p->jobs[k].seg);
   } else {
     pthread_mutex_lock(&p->mu);
     while (!p->touched[k]) pthread_cond_wait(&p->cv, &p->mu);
     pthread_mutex_unlock(&p->mu);
   }
   double t0 = cumem__now();
-  int rc = hostbuf_register_segment(p->backend, p->jobs[k].hb, p->jobs[k].seg);
+  int rc = cumem__hostbuf_register_segment(p->backend, p->jobs[k].hb, p->jobs[k].seg);
   p->t_register += cumem__now() - t0;
   return rc;
 }
 
-void preparer_finish(preparer_t *p) {
+void cumem__preparer_finish(preparer_t *p) {
   if (p->njobs == 0) return;
   if (p->nthreads) {
     pthread_mutex_lock(&p->mu);

@@ -22,17 +22,17 @@ typedef struct hostbuf {
 } hostbuf_t;
 
 /* Map (not yet touch) `size` bytes in segments of `seg`. Pre: hb is empty. */
-int hostbuf_map(hostbuf_t *hb, size_t size, size_t seg);
+int cumem__hostbuf_map(hostbuf_t *hb, size_t size, size_t seg);
 /* First touch of segment i: the kernel allocates its pages. Safe from
  * several threads on distinct i. */
-void hostbuf_touch_segment(hostbuf_t *hb, size_t i);
+void cumem__hostbuf_touch_segment(hostbuf_t *hb, size_t i);
 /* Page-lock segment i (after its touch); one thread at a time. */
-int hostbuf_register_segment(cumem_backend_t *b, hostbuf_t *hb, size_t i);
-size_t hostbuf_segment_size(const hostbuf_t *hb, size_t i);
+int cumem__hostbuf_register_segment(cumem_backend_t *b, hostbuf_t *hb, size_t i);
+size_t cumem__hostbuf_segment_size(const hostbuf_t *hb, size_t i);
 /* Unregister and unmap. On failure the buffer is kept as it was (a
  * registration that cannot be undone is never unmapped under the driver). */
-int hostbuf_free(cumem_backend_t *b, hostbuf_t *hb);
-size_t hostbuf_held(const hostbuf_t *hb); /* bytes held (0 when none) */
+int cumem__hostbuf_free(cumem_backend_t *b, hostbuf_t *hb);
+size_t cumem__hostbuf_held(const hostbuf_t *hb); /* bytes held (0 when none) */
 
 /* A pool of threads touching a list of segments, first to last, while the
  * consumer registers and copies the ones already touched. */
@@ -52,11 +52,11 @@ typedef struct preparer {
 
 /* Start up to `threads` workers over jobs[0..njobs). jobs must outlive the
  * preparer. With 0 jobs nothing starts. */
-int preparer_start(preparer_t *p, cumem_backend_t *b, prep_job_t *jobs, size_t njobs, int threads);
+int cumem__preparer_start(preparer_t *p, cumem_backend_t *b, prep_job_t *jobs, size_t njobs, int threads);
 /* Wait until job k is touched, then register it on this thread. Jobs are
  * waited for in order; a failure is the registration's. */
-int preparer_wait(preparer_t *p, size_t k);
+int cumem__preparer_wait(preparer_t *p, size_t k);
 /* Stop handing out jobs, join the workers, free the pool. */
-void preparer_finish(preparer_t *p);
+void cumem__preparer_finish(preparer_t *p);
 
 #endif

@@ -52,7 +52,7 @@ static int streams_finish(cumem_t *cm, streams_t *st) {
 
 static int release_alloc_memory(cumem_t *cm, alloc_t *a) {
   for (size_t i = 0; i < a->nchunks; i++) { /* handles left by failures too */
-    int rc = core_unmap_chunk(cm, a, i);
+    int rc = cumem__unmap_chunk(cm, a, i);
     if (rc) return rc;
   }
   return 0;
@@ -61,7 +61,7 @@ static int release_alloc_memory(cumem_t *cm, alloc_t *a) {
 /* Map a host buffer for a's backup, unless one is already there. */
 static int ensure_backup_buffer(cumem_t *cm, alloc_t *a) {
   if (a->backup.ptr) return 0;
-  return hostbuf_map(&a->backup, a->size, cm->opts.copy_chunk);
+  return cumem__hostbuf_map(&a->backup, a->size, cm->opts.copy_chunk);
 }
 
 /* The segments of the listed allocations' backups still to prepare. */
@@ -88,7 +88,7 @@ static int collect_jobs(cumem_t *cm, alloc_t **list, size_t n, const unsigned ch
   return 0;
 }
 
-int engine_prepare(cumem_t *cm, alloc_t **list, size_t n) {
+int cumem__engine_prepare(cumem_t *cm, alloc_t **list, size_t n) {
   unsigned char *want = malloc(n ? n : 1);
   size_t *first = malloc((n ? n : 1) * sizeof *first);
   prep_job_t *jobs = NULL;
@@ -99,10 +99,10 @@ int engine_prepare(cumem_t *cm, alloc_t **list, size_t n) {
     rc = collect_jobs(cm, list, n, want, &jobs, &njobs, first);
   }
   preparer_t prep;
-  if (!rc) rc = preparer_start(&prep, cm->backend, jobs, njobs, cm->opts.host_threads);
+  if (!rc) rc = cumem__preparer_start(&prep, cm->backend, jobs, njobs, cm->opts.host_threads);
   if (!rc) {
-    for (size_t k = 0; k < njobs && !rc; k++) rc = preparer_wait(&prep, k);
-    preparer_finish(&prep);
+    for (size_t k = 0; k < njobs && !rc; k++) rc = cumem__preparer_wait(&prep, k);
+    cumem__preparer_finish(&prep);
   }
   free(jobs);
   free(first);
@@ -184,14 +184,14 @@ static int complete_offload(cumem_t *cm, pending_t *p, double *t_copy, double *t
   return rc;
 }
 
-int engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned char *offload) {
+int cumem__engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned char *offload) {
   cumem_backend_t *b = cm->backend;
   int rc = 0;
 
   /* 1. Quiesce the devices. */
   uint64_t devices = 0;
   for (size_t i = 0; i < n; i++)
-    if (core_holds_memory(list[i])) devices |= (uint64_t)1 << list[i]->device;
+    if (cumem__holds_memory(list[i])) devices |= (uint64_t)1 << list[i]->device;
   double t0 = cumem__now();
   for (int d = 0; d < cm->ndevices && !rc; d++)
     if (devices >> d & 1) rc = b->synchronize(b, d);
@@ -204,14 +204,14 @@ int engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned char *off
   size_t *first = calloc(n ? n : 1, sizeof *first);
   if (!copy || !first) rc = CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory");
   for (size_t i = 0; !rc && i < n; i++)
-    copy[i] = offload[i] && !core_is_asleep(list[i]);
+    copy[i] = offload[i] && !cumem__is_asleep(list[i]);
   prep_job_t *jobs = NULL;
   size_t njobs = 0;
   if (!rc) rc = collect_jobs(cm, list, n, copy, &jobs, &njobs, first);
   preparer_t prep;
   int prep_started = 0;
   if (!rc) {
-    rc = preparer_start(&prep, b, jobs, njobs, cm->opts.host_threads);
+    rc = cumem__preparer_start(&prep, b, jobs, njobs, cm->opts.host_threads);
     prep_started = !rc;
   }
   /* Discarded (or already backed up) allocations go at once, on threads. */
@@ -237,12 +237,12 @@ int engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned char *off
       /* Segments prepared by this call are waited for; others were ready. */
       if (k < njobs && jobs[k].hb == &a->backup && jobs[k].seg == s) {
         double t1 = cumem__now();
-        rc = preparer_wait(&prep, k++);
+        rc = cumem__preparer_wait(&prep, k++);
         t_wait += cumem__now() - t1;
       }
       if (!rc)
         rc = b->copy_to_host(b, a->backup.ptr + s * a->backup.seg, a->va + s * a->backup.seg,
-                             hostbuf_segment_size(&a->backup, s), stream);
+                             cumem__hostbuf_segment_size(&a->backup, s), stream);
     }
     if (!rc) rc = b->event_create(b, a->device, &event);
     if (!rc) rc = b->event_record(b, event, stream);
@@ -276,7 +276,7 @@ int engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned char *off
   }
   int rc2 = streams_finish(cm, &st);
   double t_register = prep_started ? prep.t_register : 0;
-  if (prep_started) preparer_finish(&prep);
+  if (prep_started) cumem__preparer_finish(&prep);
   if (rc) cumem__error_restore(&e); else rc = rc2;
   cumem__log("sleep of %zu allocations: %.1f ms device sync, %.1f ms preparing %zu host segments "
              "(%.1f ms of it registering), %.1f ms waiting for copies, %.1f ms releasing copied ones, "
@@ -297,7 +297,7 @@ typedef struct mapped_chunk { alloc_t *a; size_t i; } mapped_chunk_t;
 static int map_alloc(cumem_t *cm, alloc_t *a, mapped_chunk_t *undo, size_t *nundo) {
   for (size_t c = 0; c < a->nchunks; c++) {
     if (a->state[c] == CHUNK_READY) continue;
-    int rc = core_map_chunk(cm, a, c);
+    int rc = cumem__map_chunk(cm, a, c);
     if (rc) return rc;
     undo[(*nundo)++] = (mapped_chunk_t){a, c};
   }
@@ -314,11 +314,11 @@ static int queue_restore(cumem_t *cm, streams_t *st, alloc_t *a) {
   if (!a->backed_up) return b->memset(b, a->va, 0, a->size, stream);
   for (size_t s = 0; !rc && s < a->backup.nseg; s++)
     rc = b->copy_to_device(b, a->va + s * a->backup.seg, a->backup.ptr + s * a->backup.seg,
-                           hostbuf_segment_size(&a->backup, s), stream);
+                           cumem__hostbuf_segment_size(&a->backup, s), stream);
   return rc;
 }
 
-int engine_wake(cumem_t *cm, alloc_t **list, size_t n) {
+int cumem__engine_wake(cumem_t *cm, alloc_t **list, size_t n) {
   cumem_backend_t *b = cm->backend;
   size_t cap = 0;
   for (size_t i = 0; i < n; i++) cap += list[i]->nchunks - list[i]->nmapped;
@@ -351,14 +351,14 @@ int engine_wake(cumem_t *cm, alloc_t **list, size_t n) {
     /* Undo only what this call mapped; the backups are untouched. */
     cumem__error_save(&e);
     for (size_t k = nundo; k-- > 0;)
-      if (core_unmap_chunk(cm, undo[k].a, undo[k].i) != 0)
+      if (cumem__unmap_chunk(cm, undo[k].a, undo[k].i) != 0)
         cumem__log("could not undo a mapping of a failed wake; it stays mapped");
     cumem__error_restore(&e);
   } else {
     for (size_t i = 0; i < n; i++) {
       alloc_t *a = list[i];
       a->backed_up = 0;
-      if (!cm->opts.retain_backup && hostbuf_free(b, &a->backup) != 0)
+      if (!cm->opts.retain_backup && cumem__hostbuf_free(b, &a->backup) != 0)
         cumem__log("could not give back a host backup after wake; it stays held");
     }
   }
@@ -378,8 +378,8 @@ static int select_allocs(cumem_t *cm, tag_t **set, size_t nset, int all, int asl
   if (!list) return CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory");
   size_t k = 0;
   for (alloc_t *a = cm->table.first; a; a = a->next) {
-    if (a->freeing || !core_tag_in(a->tag, set, nset, all)) continue;
-    int wanted = asleep_ones ? core_is_asleep(a) : core_holds_memory(a);
+    if (a->freeing || !cumem__tag_in(a->tag, set, nset, all)) continue;
+    int wanted = asleep_ones ? cumem__is_asleep(a) : cumem__holds_memory(a);
     if (wanted) list[k++] = a;
   }
   *out = list;
@@ -395,13 +395,13 @@ int cumem_sleep(cumem_t *cm, const char *const *tags, const char *const *offload
   int all = 0, off_all = 0;
   alloc_t **list = NULL;
   unsigned char *offload = NULL;
-  int rc = core_tag_set(cm, tags, &set, &nset, &all);
-  if (!rc && offload_tags) rc = core_tag_set(cm, offload_tags, &off, &noff, &off_all);
+  int rc = cumem__tag_set(cm, tags, &set, &nset, &all);
+  if (!rc && offload_tags) rc = cumem__tag_set(cm, offload_tags, &off, &noff, &off_all);
   if (!rc) rc = select_allocs(cm, set, nset, all, 0, &list, &n);
   if (!rc && !(offload = calloc(n ? n : 1, 1))) rc = CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory");
   for (size_t i = 0; !rc && i < n; i++)
-    offload[i] = offload_tags && core_tag_in(list[i]->tag, off, noff, off_all);
-  if (!rc) rc = engine_sleep(cm, list, n, offload);
+    offload[i] = offload_tags && cumem__tag_in(list[i]->tag, off, noff, off_all);
+  if (!rc) rc = cumem__engine_sleep(cm, list, n, offload);
   pthread_mutex_unlock(&cm->lock);
   free(offload);
   free(list);
@@ -418,7 +418,7 @@ static int run_on_tags(cumem_t *cm, const char *const *tags, int asleep_ones,
   size_t nset = 0, n = 0;
   int all = 0;
   alloc_t **list = NULL;
-  int rc = core_tag_set(cm, tags, &set, &nset, &all);
+  int rc = cumem__tag_set(cm, tags, &set, &nset, &all);
   if (!rc) rc = select_allocs(cm, set, nset, all, asleep_ones, &list, &n);
   if (!rc) rc = engine(cm, list, n);
   pthread_mutex_unlock(&cm->lock);
@@ -429,18 +429,18 @@ static int run_on_tags(cumem_t *cm, const char *const *tags, int asleep_ones,
 
 int cumem_wake(cumem_t *cm, const char *const *tags) {
   if (!cm) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_wake: instance is NULL");
-  return run_on_tags(cm, tags, 1, engine_wake);
+  return run_on_tags(cm, tags, 1, cumem__engine_wake);
 }
 
 int cumem_prepare_backup(cumem_t *cm, const char *const *tags) {
   if (!cm) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_prepare_backup: instance is NULL");
-  return run_on_tags(cm, tags, 0, engine_prepare);
+  return run_on_tags(cm, tags, 0, cumem__engine_prepare);
 }
 
 static int release_backups(cumem_t *cm, alloc_t **list, size_t n) {
   for (size_t i = 0; i < n; i++) {
     if (list[i]->backed_up) continue; /* still holds a sleeping content */
-    int rc = hostbuf_free(cm->backend, &list[i]->backup);
+    int rc = cumem__hostbuf_free(cm->backend, &list[i]->backup);
     if (rc) return rc;
   }
   return 0;
@@ -455,11 +455,11 @@ int cumem_release_backup(cumem_t *cm, const char *const *tags) {
 static int one_alloc(cumem_t *cm, void *ptr, int wake) {
   if (!cm || !ptr) return CUMEM_FAIL(CUMEM_EINVAL, "NULL argument");
   pthread_mutex_lock(&cm->lock);
-  alloc_t *a = table_find(&cm->table, (uintptr_t)ptr);
+  alloc_t *a = cumem__table_find(&cm->table, (uintptr_t)ptr);
   int rc = a && !a->freeing ? 0 : CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is not the start of a live cumem allocation", ptr);
   unsigned char no_offload = 0;
-  if (!rc && wake && core_is_asleep(a)) rc = engine_wake(cm, &a, 1);
-  if (!rc && !wake && core_holds_memory(a)) rc = engine_sleep(cm, &a, 1, &no_offload);
+  if (!rc && wake && cumem__is_asleep(a)) rc = cumem__engine_wake(cm, &a, 1);
+  if (!rc && !wake && cumem__holds_memory(a)) rc = cumem__engine_sleep(cm, &a, 1, &no_offload);
   pthread_mutex_unlock(&cm->lock);
   return rc;
 }

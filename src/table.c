@@ -11,7 +11,7 @@ static size_t bucket_of(const table_t *t, uintptr_t va) {
   return (size_t)(h >> 32) & (t->nbuckets - 1);
 }
 
-int table_init(table_t *t) {
+int cumem__table_init(table_t *t) {
   t->nbuckets = 64;
   t->count = 0;
   t->first = t->last = NULL;
@@ -19,7 +19,7 @@ int table_init(table_t *t) {
   return t->buckets ? 0 : CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for the allocation table");
 }
 
-void table_destroy(table_t *t) {
+void cumem__table_destroy(table_t *t) {
   free(t->buckets);
   t->buckets = NULL;
 }
@@ -39,7 +39,7 @@ static int grow(table_t *t) {
   return 0;
 }
 
-int table_insert(table_t *t, alloc_t *a) {
+int cumem__table_insert(table_t *t, alloc_t *a) {
   if (t->count + 1 > t->nbuckets) {
     int rc = grow(t);
     if (rc) return rc;
@@ -55,7 +55,7 @@ int table_insert(table_t *t, alloc_t *a) {
   return 0;
 }
 
-void table_remove(table_t *t, alloc_t *a) {
+void cumem__table_remove(table_t *t, alloc_t *a) {
   alloc_t **p = &t->buckets[bucket_of(t, a->va)];
   while (*p && *p != a) p = &(*p)->hash_next;
   if (*p) *p = a->hash_next;
@@ -64,14 +64,14 @@ void table_remove(table_t *t, alloc_t *a) {
   t->count--;
 }
 
-alloc_t *table_find(const table_t *t, uintptr_t va) {
+alloc_t *cumem__table_find(const table_t *t, uintptr_t va) {
   for (alloc_t *a = t->buckets[bucket_of(t, va)]; a; a = a->hash_next)
     if (a->va == va) return a;
   return NULL;
 }
 
-alloc_t *table_find_containing(const table_t *t, uintptr_t addr) {
-  alloc_t *a = table_find(t, addr);
+alloc_t *cumem__table_find_containing(const table_t *t, uintptr_t addr) {
+  alloc_t *a = cumem__table_find(t, addr);
   if (a) return a;
   for (a = t->first; a; a = a->next)
     if (addr >= a->va && addr - a->va < a->size) return a;

@@ -9,6 +9,7 @@
 
 #include "cumem.h"
 #include "cumem_backend.h"
+#include "cumem_testing.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,7 +53,7 @@ static const char *test_backend(void) {
 /* A fresh backend of the kind under test, wrapped in the fault backend. */
 static int test_backend_new(cumem_backend_t **fault) {
   cumem_backend_t *inner = NULL;
-  int rc = strcmp(test_backend(), "cuda") == 0 ? cumem_backend_cuda(&inner) : cumem_backend_host(&inner);
+  int rc = cumem_backend_open(test_backend(), &inner);
   if (rc) return rc;
   return cumem_backend_fault(fault, inner);
 }

@@ -409,6 +409,61 @@ TEST(out_of_memory_alloc_changes_nothing) {
   CHECK_OK(cumem_close(cm));
 }
 
+TEST(tag_options_create_validate_and_read_back) {
+  cumem_t *cm = open_default();
+  CHECK(cm);
+  cumem_tag_options_t o, got;
+  cumem_tag_options_init(&o);
+  CHECK(o.backup == CUMEM_BACKUP_HOST && o.skip_unchanged == CUMEM_TAG_INHERIT &&
+        o.prepare_ahead == CUMEM_TAG_INHERIT);
+  CHECK_RC(cumem_tag_get_options(cm, "later", &got), CUMEM_ENOTAG);
+  /* Configuring a tag before its first allocation creates it. */
+  o.skip_unchanged = 1;
+  CHECK_OK(cumem_tag_set_options(cm, "later", &o));
+  CHECK_OK(cumem_tag_get_options(cm, "later", &got));
+  CHECK(memcmp(&o, &got, sizeof o) == 0);
+  const char *names[4];
+  size_t count = 0;
+  CHECK_OK(cumem_tags(cm, names, 4, &count));
+  CHECK(count == 1 && strcmp(names[0], "later") == 0);
+  const char *list[] = {"later", NULL};
+  CHECK_OK(cumem_sleep(cm, list, list)); /* a known tag with nothing in it */
+  CHECK_OK(cumem_wake(cm, list));
+  /* Out-of-range values are refused and change nothing. */
+  cumem_tag_options_t bad = o;
+  bad.backup = 7;
+  CHECK_RC(cumem_tag_set_options(cm, "later", &bad), CUMEM_EINVAL);
+  bad = o;
+  bad.prepare_ahead = 2;
+  CHECK_RC(cumem_tag_set_options(cm, "later", &bad), CUMEM_EINVAL);
+  CHECK_RC(cumem_tag_set_options(cm, "", &o), CUMEM_EINVAL);
+  CHECK_OK(cumem_tag_get_options(cm, "later", &got));
+  CHECK(memcmp(&o, &got, sizeof o) == 0);
+  /* Allocations under the tag keep its options. */
+  void *p;
+  CHECK_OK(cumem_alloc(cm, &p, granularity(cm), 0, "later"));
+  CHECK_OK(cumem_tag_get_options(cm, "later", &got));
+  CHECK(got.skip_unchanged == 1);
+  CHECK_OK(cumem_close(cm));
+}
+
+TEST(version_and_error_names_come_from_one_list) {
+  CHECK(strcmp(cumem_version(), CUMEM_VERSION) == 0);
+  CHECK(cumem_version_hex() == CUMEM_VERSION_HEX);
+  int n = 0;
+#define XX(name, value, meaning)                                                   \
+  CHECK(CUMEM_##name == (value) && (value) < 0);                                   \
+  CHECK(strcmp(cumem_err_name(value), "CUMEM_" #name) == 0);                       \
+  CHECK(strncmp(cumem_strerror(value), "CUMEM_" #name ": ", strlen("CUMEM_" #name ": ")) == 0); \
+  n++;
+  CUMEM_ERRNO_MAP(XX)
+#undef XX
+  CHECK(n >= 13);
+  CHECK(strcmp(cumem_err_name(CUMEM_OK), "CUMEM_OK") == 0);
+  CHECK(strcmp(cumem_err_name(12345), "CUMEM_E?") == 0);
+  CHECK(strstr(cumem_strerror(-12345), "unknown") != NULL);
+}
+
 RUN_TESTS("core",
           T(alloc_rounds_to_granularity),
           T(sleep_offload_restores_bit_exact_at_same_address),
@@ -420,4 +475,6 @@ RUN_TESTS("core",
           T(chunked_backing_restores),
           T(backups_are_retained_or_released_as_asked),
           T(out_of_memory_wake_loses_nothing),
-          T(out_of_memory_alloc_changes_nothing))
+          T(out_of_memory_alloc_changes_nothing),
+          T(tag_options_create_validate_and_read_back),
+          T(version_and_error_names_come_from_one_list))

@@ -21,8 +21,9 @@ typedef struct link { double d2h, h2d; } link_t;
 /* Best of 3 passes of `total` bytes in 256 MiB copies on one stream. */
 static int measure_link(const tool_args_t *a, link_t *out) {
   cumem_backend_t *b = NULL;
-  int rc = a->backend && !strcmp(a->backend, "host") ? cumem_backend_host(&b) : cumem_backend_cuda(&b);
-  if (rc == CUMEM_ENODRIVER && !(a->backend && !strcmp(a->backend, "cuda"))) rc = cumem_backend_host(&b);
+  cumem_options_t o;
+  cumem_options_init(&o); /* the backend the instance will use: --backend, else CUMEM_BACKEND */
+  int rc = cumem_backend_open(a->backend ? a->backend : o.backend, &b);
   if (rc) return rc;
   cumem_device_info_t info;
   const size_t total = 2 * GiB, piece = 256 * MiB;

@@ -19,16 +19,11 @@
 
 #include "cumem.h"
 #include "cumem_backend.h"
+#include "cumem_testing.h" /* Instance(fault=True), for tests */
 
+#include <limits.h>
 #include <stdint.h>
 #include <string.h>
-
-/* Requested from the core (see the report): a view of the host backup that
- * holds the content of the allocation containing `ptr`, from ptr onwards.
- * Weak, so that this module builds and loads before the core has it; without
- * it, Instance.backup_view raises NotImplementedError. */
-int cumem_backup_view(cumem_t *cm, const void *ptr, void **host, size_t *len);
-#pragma weak cumem_backup_view
 
 /* ---- errors ------------------------------------------------------------ */
 
@@ -309,16 +304,10 @@ static int Instance_init(InstanceObject *self, PyObject *args, PyObject *kw) {
   int rc;
   cumem_t *cm = NULL;
   if (fault) {
-    /* The fault backend wraps the named one ("auto" is not a backend). */
-    const char *name = opts.backend ? opts.backend : "host";
+    /* The fault backend wraps the named one (auto: cuda, else host). */
     cumem_backend_t *inner = NULL, *outer = NULL;
     Py_BEGIN_ALLOW_THREADS
-    if (strcmp(name, "cuda") == 0)
-      rc = cumem_backend_cuda(&inner);
-    else if (strcmp(name, "host") == 0)
-      rc = cumem_backend_host(&inner);
-    else
-      rc = CUMEM_EINVAL;
+    rc = cumem_backend_open(opts.backend, &inner);
     if (rc == CUMEM_OK) rc = cumem_backend_fault(&outer, inner);
     if (rc != CUMEM_OK && inner) inner->destroy(inner);
     if (rc == CUMEM_OK) rc = cumem_open_backend(&cm, &opts, outer);
@@ -663,11 +652,6 @@ static PyObject *Instance_backup_view(InstanceObject *self, PyObject *arg) {
   void *ptr;
   CHECK_OPEN(self);
   if (!conv_addr(arg, &ptr)) return NULL;
-  if (!cumem_backup_view) {
-    PyErr_SetString(PyExc_NotImplementedError,
-                    "this cumem core has no cumem_backup_view");
-    return NULL;
-  }
   void *host = NULL;
   size_t len = 0;
   int rc = cumem_backup_view(self->cm, ptr, &host, &len);
@@ -863,11 +847,28 @@ static PyObject *mod_last_error(PyObject *mod, PyObject *noargs) {
   return PyUnicode_FromString(cumem_last_error());
 }
 
+/* An error code from a Python int. A value outside int is no code at all:
+ * it becomes 1, which no code is, rather than being truncated into one. */
+static int code_arg(PyObject *arg, int *code) {
+  int overflow = 0;
+  long long v = PyLong_AsLongLongAndOverflow(arg, &overflow);
+  if (v == -1 && PyErr_Occurred()) return 0;
+  *code = overflow || v < INT_MIN || v > INT_MAX ? 1 : (int)v;
+  return 1;
+}
+
 static PyObject *mod_strerror(PyObject *mod, PyObject *arg) {
   (void)mod;
-  long code = PyLong_AsLong(arg);
-  if (code == -1 && PyErr_Occurred()) return NULL;
-  return PyUnicode_FromString(cumem_strerror((int)code));
+  int code;
+  if (!code_arg(arg, &code)) return NULL;
+  return PyUnicode_FromString(cumem_strerror(code));
+}
+
+static PyObject *mod_err_name(PyObject *mod, PyObject *arg) {
+  (void)mod;
+  int code;
+  if (!code_arg(arg, &code)) return NULL;
+  return PyUnicode_FromString(cumem_err_name(code));
 }
 
 static PyMethodDef module_methods[] = {
@@ -881,7 +882,9 @@ static PyMethodDef module_methods[] = {
      "current_tag() -> this thread's current tag"},
     {"last_error", mod_last_error, METH_NOARGS,
      "last_error() -> detail of this thread's last failed cumem call"},
-    {"strerror", mod_strerror, METH_O, "strerror(code) -> str"},
+    {"strerror", mod_strerror, METH_O,
+     "strerror(code) -> \"CUMEM_ENOMEM: out of device memory\""},
+    {"err_name", mod_err_name, METH_O, "err_name(code) -> \"CUMEM_ENOMEM\""},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module_def = {
@@ -916,20 +919,15 @@ PyMODINIT_FUNC PyInit__C(void) {
   if (PyModule_AddObject(m, "CumemOutOfMemoryError", CumemOOMError) < 0)
     goto fail;
 
-  if (PyModule_AddStringConstant(m, "VERSION", CUMEM_VERSION) < 0 ||
+  if (PyModule_AddStringConstant(m, "VERSION", cumem_version()) < 0 ||
       PyModule_AddIntConstant(m, "TAG_MAX", CUMEM_TAG_MAX) < 0 ||
-      PyModule_AddIntConstant(m, "OK", CUMEM_OK) < 0 ||
-      PyModule_AddIntConstant(m, "EINVAL", CUMEM_EINVAL) < 0 ||
-      PyModule_AddIntConstant(m, "ENOMEM", CUMEM_ENOMEM) < 0 ||
-      PyModule_AddIntConstant(m, "ENOHOST", CUMEM_ENOHOST) < 0 ||
-      PyModule_AddIntConstant(m, "ENOTFOUND", CUMEM_ENOTFOUND) < 0 ||
-      PyModule_AddIntConstant(m, "ENOTAG", CUMEM_ENOTAG) < 0 ||
-      PyModule_AddIntConstant(m, "ENODEV", CUMEM_ENODEV) < 0 ||
-      PyModule_AddIntConstant(m, "ENODRIVER", CUMEM_ENODRIVER) < 0 ||
-      PyModule_AddIntConstant(m, "EDRIVER", CUMEM_EDRIVER) < 0 ||
-      PyModule_AddIntConstant(m, "E2BIG", CUMEM_E2BIG) < 0 ||
-      PyModule_AddIntConstant(m, "ENOTSUP", CUMEM_ENOTSUP) < 0)
+      PyModule_AddIntConstant(m, "OK", CUMEM_OK) < 0)
     goto fail;
+  /* One constant per code, from the core's list (cumem.ENOMEM, ...). */
+#define XX(name, value, meaning) \
+  if (PyModule_AddIntConstant(m, #name, CUMEM_##name) < 0) goto fail;
+  CUMEM_ERRNO_MAP(XX)
+#undef XX
   return m;
 fail:
   Py_DECREF(m);

@@ -27,6 +27,7 @@
 
 #include "cumem.h"
 #include "cumem_backend.h"
+#include "cumem_testing.h"
 
 #include <stdarg.h>
 #include <stdint.h>

@@ -1,0 +1,32 @@
+/*
+ * For tests only: the fault backend, which wraps another backend and fails
+ * chosen calls, as SQLite's test VFS does. With it a test fails every
+ * backend call of an operation in turn and checks that nothing is lost.
+ * Not part of the production API: its behaviour may change between versions.
+ */
+#ifndef CUMEM_TESTING_H
+#define CUMEM_TESTING_H
+
+#include "cumem_backend.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The fault backend wraps `inner` (and destroys it when destroyed). */
+CUMEM_API int cumem_backend_fault(cumem_backend_t **out, cumem_backend_t *inner);
+/* Fail the nth call (1-based, counted from now) of operation `op` (its field
+ * name, e.g. "create"), or of any operation when op is NULL, with `code`.
+ * persistent != 0 fails that call and every later matching one. n = 0 turns
+ * faults off. */
+CUMEM_API void cumem_fault_arm(cumem_backend_t *fault, long n, const char *op,
+                               int code, int persistent);
+/* Calls seen (of any operation) since the last arm. */
+CUMEM_API long cumem_fault_calls(const cumem_backend_t *fault);
+/* Failures injected since the last arm. */
+CUMEM_API long cumem_fault_injected(const cumem_backend_t *fault);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* CUMEM_TESTING_H */
