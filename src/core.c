@@ -80,25 +80,25 @@ int cumem_tag_set_options(cumem_t *cm, const char *tag, const cumem_tag_options_
   if (!cm || !o) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_tag_set_options: NULL argument");
   int rc = check_tag_name(tag);
   if (!rc) rc = check_tag_options(o);
+  if (!rc) rc = cumem__enter(cm);
   if (rc) return rc;
-  pthread_mutex_lock(&cm->lock);
   tag_t *t = NULL;
   int created;
   rc = tag_get(cm, tag, &t, &created);
   if (!rc) t->opts = *o;
-  pthread_mutex_unlock(&cm->lock);
+  cumem__leave(cm);
   return rc;
 }
 
 int cumem_tag_get_options(cumem_t *cm, const char *tag, cumem_tag_options_t *o) {
   if (!cm || !o) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_tag_get_options: NULL argument");
   int rc = check_tag_name(tag);
+  if (!rc) rc = cumem__enter(cm);
   if (rc) return rc;
-  pthread_mutex_lock(&cm->lock);
   tag_t *t = tag_find(cm, tag);
   if (t) *o = t->opts;
   else rc = CUMEM_FAIL(CUMEM_ENOTAG, "no allocation has ever used tag \"%s\"", tag);
-  pthread_mutex_unlock(&cm->lock);
+  cumem__leave(cm);
   return rc;
 }
 
@@ -163,7 +163,8 @@ int cumem_open_backend(cumem_t **out, const cumem_options_t *opts, cumem_backend
     backend->destroy(backend);
     return rc;
   }
-  pthread_mutex_init(&cm->lock, NULL);
+  cumem__lock_init(&cm->lock);
+  cm->fork_generation = cumem__fork_generation();
   cumem__log("opened on backend %s with %d device(s)", backend->name, cm->ndevices);
   *out = cm;
   return 0;
@@ -199,15 +200,15 @@ int cumem_open(cumem_t **out, const cumem_options_t *opts) {
 
 const char *cumem_backend_name(const cumem_t *cm) { return cm ? cm->backend->name : "none"; }
 
-static pthread_mutex_t default_lock = PTHREAD_MUTEX_INITIALIZER;
+pthread_mutex_t cumem__default_lock = PTHREAD_MUTEX_INITIALIZER;
 static cumem_t *default_instance;
 
 int cumem_default(cumem_t **out) {
   if (!out) return CUMEM_FAIL(CUMEM_EINVAL, "out is NULL");
-  pthread_mutex_lock(&default_lock);
-  int rc = default_instance ? 0 : cumem_open(&default_instance, NULL);
+  pthread_mutex_lock(&cumem__default_lock);
+  int rc = default_instance ? cumem__check_process(default_instance) : cumem_open(&default_instance, NULL);
   *out = default_instance; /* a failed open is retried by the next call */
-  pthread_mutex_unlock(&default_lock);
+  pthread_mutex_unlock(&cumem__default_lock);
   return rc;
 }
 
@@ -331,7 +332,8 @@ int cumem_alloc_ex(cumem_t *cm, void **out, size_t size, int device, const char 
   *out = NULL;
   if (!tag) tag = current_tag;
   if (size == 0) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_alloc: size 0");
-  int rc = check_device(cm, device);
+  int rc = cumem__check_process(cm);
+  if (!rc) rc = check_device(cm, device);
   if (!rc) rc = check_tag_name(tag);
   if (rc) return rc;
   for (int d = 0; d < 64; d++)
@@ -364,7 +366,7 @@ int cumem_alloc_ex(cumem_t *cm, void **out, size_t size, int device, const char 
   a->device = device;
   a->peer_mask = peer_mask & ~((uint64_t)1 << device);
 
-  pthread_mutex_lock(&cm->lock);
+  cumem__lock_acquire(&cm->lock);
   if (cm->limbo) {
     cumem__error_save_t e0;
     cumem__error_save(&e0);
@@ -396,7 +398,7 @@ int cumem_alloc_ex(cumem_t *cm, void **out, size_t size, int device, const char 
   } else {
     *out = (void *)a->va;
   }
-  pthread_mutex_unlock(&cm->lock);
+  cumem__leave(cm);
   return rc;
 }
 
@@ -424,27 +426,29 @@ static int free_locked(cumem_t *cm, void *ptr, int sync_device) {
 
 int cumem_free(cumem_t *cm, void *ptr) {
   if (!cm || !ptr) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_free: %s is NULL", cm ? "ptr" : "instance");
-  pthread_mutex_lock(&cm->lock);
-  int rc = free_locked(cm, ptr, 1);
-  pthread_mutex_unlock(&cm->lock);
+  int rc = cumem__enter(cm);
+  if (rc) return rc;
+  rc = free_locked(cm, ptr, 1);
+  cumem__leave(cm);
   return rc;
 }
 
 int cumem_free_on_stream(cumem_t *cm, void *ptr, void *stream) {
   if (!cm || !ptr) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_free: %s is NULL", cm ? "ptr" : "instance");
   /* Wait outside the lock: other threads keep allocating meanwhile. */
-  int rc = cm->backend->stream_synchronize(cm->backend, stream);
+  int rc = cumem__check_process(cm);
+  if (!rc) rc = cm->backend->stream_synchronize(cm->backend, stream);
+  if (!rc) rc = cumem__enter(cm);
   if (rc) return rc;
-  pthread_mutex_lock(&cm->lock);
   rc = free_locked(cm, ptr, 0);
-  pthread_mutex_unlock(&cm->lock);
+  cumem__leave(cm);
   return rc;
 }
 
 int cumem_close(cumem_t *cm) {
   if (!cm) return 0;
-  pthread_mutex_lock(&cm->lock);
-  int rc = 0;
+  int rc = cumem__enter(cm);
+  if (rc) return rc;
   for (int d = 0; d < cm->ndevices && !rc; d++) rc = cm->backend->synchronize(cm->backend, d);
   if (!rc) {
     drain_limbo(cm);
@@ -458,18 +462,18 @@ int cumem_close(cumem_t *cm) {
       alloc_destroy_record(a);
     }
   }
-  pthread_mutex_unlock(&cm->lock);
+  cumem__leave(cm);
   if (rc) return rc; /* the instance stays usable; close can be retried */
-  pthread_mutex_lock(&default_lock);
+  pthread_mutex_lock(&cumem__default_lock);
   if (default_instance == cm) default_instance = NULL;
-  pthread_mutex_unlock(&default_lock);
+  pthread_mutex_unlock(&cumem__default_lock);
   while (cm->tags) {
     tag_t *t = cm->tags;
     cm->tags = t->next;
     free(t);
   }
   cumem__table_destroy(&cm->table);
-  pthread_mutex_destroy(&cm->lock);
+  cumem__lock_destroy(&cm->lock);
   cm->backend->destroy(cm->backend);
   free(cm);
   return 0;
@@ -487,7 +491,8 @@ static size_t mapped_bytes(const alloc_t *a) {
 
 int cumem_query(cumem_t *cm, const void *ptr, cumem_alloc_info_t *info) {
   if (!cm || !info) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_query: NULL argument");
-  pthread_mutex_lock(&cm->lock);
+  int rc = cumem__enter(cm);
+  if (rc) return rc;
   alloc_t *a = cumem__table_find_containing(&cm->table, (uintptr_t)ptr);
   if (a) {
     memset(info, 0, sizeof *info);
@@ -499,15 +504,16 @@ int cumem_query(cumem_t *cm, const void *ptr, cumem_alloc_info_t *info) {
     info->backed_up = a->backed_up;
     strcpy(info->tag, a->tag->name);
   }
-  pthread_mutex_unlock(&cm->lock);
+  cumem__leave(cm);
   return a ? 0 : CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is not inside a live cumem allocation", ptr);
 }
 
 int cumem_backup_view(cumem_t *cm, const void *ptr, void **host, size_t *len) {
   if (!cm || !host || !len) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_backup_view: NULL argument");
-  pthread_mutex_lock(&cm->lock);
+  int rc = cumem__enter(cm);
+  if (rc) return rc;
   alloc_t *a = cumem__table_find_containing(&cm->table, (uintptr_t)ptr);
-  int rc = !a ? CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is not inside a live cumem allocation", ptr)
+  rc = !a ? CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is not inside a live cumem allocation", ptr)
            : !a->backup.filled ? CUMEM_FAIL(CUMEM_ENOTFOUND, "no sleep has saved the content of %p", ptr)
                                : 0;
   if (!rc) {
@@ -515,15 +521,16 @@ int cumem_backup_view(cumem_t *cm, const void *ptr, void **host, size_t *len) {
     *host = a->backup.ptr + off;
     *len = a->size - off;
   }
-  pthread_mutex_unlock(&cm->lock);
+  cumem__leave(cm);
   return rc;
 }
 
 int cumem_stats(cumem_t *cm, const char *tag, cumem_stats_t *out) {
   if (!cm || !out) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_stats: NULL argument");
-  pthread_mutex_lock(&cm->lock);
+  int rc = cumem__enter(cm);
+  if (rc) return rc;
   tag_t *t = tag ? tag_find(cm, tag) : NULL;
-  int rc = tag && !t ? CUMEM_FAIL(CUMEM_ENOTAG, "no allocation has ever used tag \"%s\"", tag) : 0;
+  rc = tag && !t ? CUMEM_FAIL(CUMEM_ENOTAG, "no allocation has ever used tag \"%s\"", tag) : 0;
   if (!rc) {
     memset(out, 0, sizeof *out);
     for (alloc_t *a = cm->table.first; a; a = a->next) {
@@ -537,13 +544,14 @@ int cumem_stats(cumem_t *cm, const char *tag, cumem_stats_t *out) {
       out->bytes_host_held += cumem__hostbuf_held(&a->backup);
     }
   }
-  pthread_mutex_unlock(&cm->lock);
+  cumem__leave(cm);
   return rc;
 }
 
 int cumem_tags(cumem_t *cm, const char **names, size_t cap, size_t *count) {
   if (!cm || !count || (cap && !names)) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_tags: NULL argument");
-  pthread_mutex_lock(&cm->lock);
+  int rc = cumem__enter(cm);
+  if (rc) return rc;
   /* Oldest first: the list is newest first, so fill from the back. */
   size_t n = cm->ntags, i = n;
   for (tag_t *t = cm->tags; t; t = t->next) {
@@ -551,7 +559,7 @@ int cumem_tags(cumem_t *cm, const char **names, size_t cap, size_t *count) {
     if (i < cap) names[i] = t->name;
   }
   *count = n;
-  pthread_mutex_unlock(&cm->lock);
+  cumem__leave(cm);
   return 0;
 }
 
@@ -569,7 +577,8 @@ int cumem_device_count(cumem_t *cm, int *count) {
 
 int cumem_device_info(cumem_t *cm, int device, cumem_device_info_t *info) {
   if (!cm || !info) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_device_info: NULL argument");
-  int rc = check_device(cm, device);
+  int rc = cumem__check_process(cm);
+  if (!rc) rc = check_device(cm, device);
   return rc ? rc : cm->backend->device_info(cm->backend, device, info);
 }
 
@@ -593,9 +602,10 @@ static int transfer(cumem_t *cm, int kind, void *dst, const void *src, int value
   if (!cm || !dst || (kind != SET && !src)) return CUMEM_FAIL(CUMEM_EINVAL, "copy: NULL argument");
   if (n == 0) return 0;
   cumem_backend_t *b = cm->backend;
-  pthread_mutex_lock(&cm->lock);
+  int rc = cumem__enter(cm);
+  if (rc) return rc;
   alloc_t *a = NULL;
-  int rc = find_range(cm, kind == TO_HOST ? src : dst, n, &a);
+  rc = find_range(cm, kind == TO_HOST ? src : dst, n, &a);
   void *stream = NULL;
   if (!rc) rc = b->stream_create(b, a->device, &stream);
   if (!rc) {
@@ -607,7 +617,7 @@ static int transfer(cumem_t *cm, int kind, void *dst, const void *src, int value
     rc2 = b->stream_destroy(b, stream);
     if (!rc) rc = rc2;
   }
-  pthread_mutex_unlock(&cm->lock);
+  cumem__leave(cm);
   return rc;
 }
 

@@ -59,10 +59,18 @@ typedef struct device {
   cumem_device_info_t info;
 } device_t;
 
+/* lock.c: a fair (FIFO) lock. */
+typedef struct cumem__lock {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  unsigned long next, serving; /* tickets */
+} cumem__lock_t;
+
 struct cumem {
   cumem_backend_t *backend;
   cumem_options_t opts;
-  pthread_mutex_t lock; /* guards everything below; held across sleep/wake */
+  unsigned fork_generation; /* cumem__fork_generation() at open */
+  cumem__lock_t lock; /* guards everything below; held across sleep/wake */
   table_t table;
   tag_t *tags;
   size_t ntags;
@@ -70,6 +78,21 @@ struct cumem {
   device_t devices[CUMEM_MAX_DEVICES];
   alloc_t *limbo;  /* failed allocations whose undo failed: retried later */
 };
+
+void cumem__lock_init(cumem__lock_t *l);
+void cumem__lock_destroy(cumem__lock_t *l);
+void cumem__lock_acquire(cumem__lock_t *l);
+void cumem__lock_release(cumem__lock_t *l);
+/* The generation of this process (bumped in each fork child); installs the
+ * fork handler on first use. */
+unsigned cumem__fork_generation(void);
+/* CUMEM_EFORKED when cm was opened before a fork, in the parent. */
+int cumem__check_process(const cumem_t *cm);
+/* Guards cumem_default's instance (core.c); re-made in a fork child. */
+extern pthread_mutex_t cumem__default_lock;
+/* Every public call on an instance: the process check, then the lock. */
+int cumem__enter(cumem_t *cm);
+void cumem__leave(cumem_t *cm);
 
 /* table.c: allocations by start address. */
 int cumem__table_init(table_t *t);

@@ -389,20 +389,21 @@ static int select_allocs(cumem_t *cm, tag_t **set, size_t nset, int all, int asl
 
 int cumem_sleep(cumem_t *cm, const char *const *tags, const char *const *offload_tags) {
   if (!cm) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_sleep: instance is NULL");
-  pthread_mutex_lock(&cm->lock);
+  int rc = cumem__enter(cm);
+  if (rc) return rc;
   tag_t **set = NULL, **off = NULL;
   size_t nset = 0, noff = 0, n = 0;
   int all = 0, off_all = 0;
   alloc_t **list = NULL;
   unsigned char *offload = NULL;
-  int rc = cumem__tag_set(cm, tags, &set, &nset, &all);
+  rc = cumem__tag_set(cm, tags, &set, &nset, &all);
   if (!rc && offload_tags) rc = cumem__tag_set(cm, offload_tags, &off, &noff, &off_all);
   if (!rc) rc = select_allocs(cm, set, nset, all, 0, &list, &n);
   if (!rc && !(offload = calloc(n ? n : 1, 1))) rc = CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory");
   for (size_t i = 0; !rc && i < n; i++)
     offload[i] = offload_tags && cumem__tag_in(list[i]->tag, off, noff, off_all);
   if (!rc) rc = cumem__engine_sleep(cm, list, n, offload);
-  pthread_mutex_unlock(&cm->lock);
+  cumem__leave(cm);
   free(offload);
   free(list);
   free(off);
@@ -413,15 +414,16 @@ int cumem_sleep(cumem_t *cm, const char *const *tags, const char *const *offload
 /* Wake (or prepare) the allocations of a tag list. */
 static int run_on_tags(cumem_t *cm, const char *const *tags, int asleep_ones,
                        int (*engine)(cumem_t *, alloc_t **, size_t)) {
-  pthread_mutex_lock(&cm->lock);
+  int rc = cumem__enter(cm);
+  if (rc) return rc;
   tag_t **set = NULL;
   size_t nset = 0, n = 0;
   int all = 0;
   alloc_t **list = NULL;
-  int rc = cumem__tag_set(cm, tags, &set, &nset, &all);
+  rc = cumem__tag_set(cm, tags, &set, &nset, &all);
   if (!rc) rc = select_allocs(cm, set, nset, all, asleep_ones, &list, &n);
   if (!rc) rc = engine(cm, list, n);
-  pthread_mutex_unlock(&cm->lock);
+  cumem__leave(cm);
   free(list);
   free(set);
   return rc;
@@ -454,13 +456,14 @@ int cumem_release_backup(cumem_t *cm, const char *const *tags) {
 /* One allocation, for the seed ABI. */
 static int one_alloc(cumem_t *cm, void *ptr, int wake) {
   if (!cm || !ptr) return CUMEM_FAIL(CUMEM_EINVAL, "NULL argument");
-  pthread_mutex_lock(&cm->lock);
+  int rc = cumem__enter(cm);
+  if (rc) return rc;
   alloc_t *a = cumem__table_find(&cm->table, (uintptr_t)ptr);
-  int rc = a && !a->freeing ? 0 : CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is not the start of a live cumem allocation", ptr);
+  rc = a && !a->freeing ? 0 : CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is not the start of a live cumem allocation", ptr);
   unsigned char no_offload = 0;
   if (!rc && wake && cumem__is_asleep(a)) rc = cumem__engine_wake(cm, &a, 1);
   if (!rc && !wake && cumem__holds_memory(a)) rc = cumem__engine_sleep(cm, &a, 1, &no_offload);
-  pthread_mutex_unlock(&cm->lock);
+  cumem__leave(cm);
   return rc;
 }
 
