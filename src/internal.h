@@ -21,6 +21,12 @@ typedef struct { char text[512]; } cumem__error_save_t;
 void cumem__error_save(cumem__error_save_t *s);
 void cumem__error_restore(const cumem__error_save_t *s);
 
+/* units.c: a size with an optional unit ("512M", "1.5GiB"; binary units;
+ * `default_unit` bytes per unit when none is written). CUMEM_EINVAL with
+ * *why saying what is wrong (no detail is recorded: callers name the option
+ * in theirs). */
+int cumem__parse_size(const char *text, size_t default_unit, size_t *out, const char **why);
+
 /* Verbose logging (CUMEM_VERBOSE). */
 void cumem__log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 extern int cumem__verbose;
