@@ -559,6 +559,80 @@ static PyObject *Instance_memset(InstanceObject *self, PyObject *args) {
   Py_RETURN_NONE;
 }
 
+/* set_tag_options(tag, *, backup=None, skip_unchanged=None,
+ *                 prepare_ahead=None): per-tag choices; a keyword left None
+ * keeps the tag's current value (a new tag starts from
+ * cumem_tag_options_init). backup is "host" or "disk"; the others are
+ * True/False, or -1 to follow the instance's option again. */
+static int tag_flag(PyObject *obj, int *field, const char *name) {
+  if (obj == Py_None) return 0;
+  if (PyLong_Check(obj) && !PyBool_Check(obj)) {
+    long v = PyLong_AsLong(obj);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (v != CUMEM_TAG_INHERIT) {
+      PyErr_Format(PyExc_ValueError, "%s must be True, False, -1 (inherit) or None", name);
+      return -1;
+    }
+    *field = CUMEM_TAG_INHERIT;
+    return 0;
+  }
+  int v = PyObject_IsTrue(obj);
+  if (v < 0) return -1;
+  *field = v;
+  return 0;
+}
+
+static PyObject *Instance_set_tag_options(InstanceObject *self, PyObject *args,
+                                          PyObject *kw) {
+  static char *kwlist[] = {"tag", "backup", "skip_unchanged", "prepare_ahead",
+                           NULL};
+  const char *tag;
+  PyObject *backup = Py_None, *skip = Py_None, *ahead = Py_None;
+  CHECK_OPEN(self);
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "s|$OOO", kwlist, &tag, &backup,
+                                   &skip, &ahead))
+    return NULL;
+  cumem_tag_options_t o;
+  if (cumem_tag_get_options(self->cm, tag, &o) != CUMEM_OK)
+    cumem_tag_options_init(&o); /* a new tag (bad names fail below) */
+  if (backup != Py_None) {
+    const char *b = PyUnicode_Check(backup) ? PyUnicode_AsUTF8(backup) : NULL;
+    if (b && strcmp(b, "host") == 0) o.backup = CUMEM_BACKUP_HOST;
+    else if (b && strcmp(b, "disk") == 0) o.backup = CUMEM_BACKUP_DISK;
+    else {
+      if (!PyErr_Occurred())
+        PyErr_SetString(PyExc_ValueError, "backup must be \"host\" or \"disk\"");
+      return NULL;
+    }
+  }
+  if (tag_flag(skip, &o.skip_unchanged, "skip_unchanged") < 0 ||
+      tag_flag(ahead, &o.prepare_ahead, "prepare_ahead") < 0)
+    return NULL;
+  int rc = cumem_tag_set_options(self->cm, tag, &o);
+  if (rc != CUMEM_OK) return raise_cumem(rc, "cumem_tag_set_options");
+  Py_RETURN_NONE;
+}
+
+/* tag_options(tag) -> {"backup": "host"|"disk", "skip_unchanged": -1|0|1,
+ * "prepare_ahead": -1|0|1} */
+static PyObject *Instance_tag_options(InstanceObject *self, PyObject *arg) {
+  CHECK_OPEN(self);
+  const char *tag = PyUnicode_Check(arg) ? PyUnicode_AsUTF8(arg) : NULL;
+  if (!tag) {
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "tag must be a str");
+    return NULL;
+  }
+  cumem_tag_options_t o;
+  int rc = cumem_tag_get_options(self->cm, tag, &o);
+  if (rc != CUMEM_OK) return raise_cumem(rc, "cumem_tag_get_options");
+  PyObject *d = PyDict_New();
+  if (!d) return NULL;
+  SET_ITEM(d, "backup", PyUnicode_FromString(o.backup == CUMEM_BACKUP_DISK ? "disk" : "host"));
+  SET_ITEM(d, "skip_unchanged", PyLong_FromLong(o.skip_unchanged));
+  SET_ITEM(d, "prepare_ahead", PyLong_FromLong(o.prepare_ahead));
+  return d;
+}
+
 /* stats(tag=None) -> dict: one tag's figures, or all tags' together. */
 static PyObject *Instance_stats(InstanceObject *self, PyObject *args,
                                 PyObject *kw) {
@@ -750,6 +824,12 @@ static PyMethodDef Instance_methods[] = {
      "copy_to_host(src, n) -> bytes"},
     {"memset", (PyCFunction)Instance_memset, METH_VARARGS,
      "memset(dst, value, n)"},
+    {"set_tag_options", (PyCFunction)(void (*)(void))Instance_set_tag_options,
+     METH_VARARGS | METH_KEYWORDS,
+     "set_tag_options(tag, *, backup=None, skip_unchanged=None, "
+     "prepare_ahead=None): per-tag choices (None keeps the current value)"},
+    {"tag_options", (PyCFunction)Instance_tag_options, METH_O,
+     "tag_options(tag) -> dict of the tag's choices"},
     {"stats", (PyCFunction)(void (*)(void))Instance_stats,
      METH_VARARGS | METH_KEYWORDS, "stats(tag=None) -> dict"},
     {"tags", (PyCFunction)Instance_tags, METH_NOARGS,

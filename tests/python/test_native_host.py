@@ -287,3 +287,21 @@ def test_module_api_on_default_instance():
     assert set(tags) <= set(cumem.tags())
     cumem.free(w)
     cumem.free(k, stream=0)  # waits for the legacy default stream only
+
+
+def test_tag_options_round_trip_and_validation(host):
+    host.set_tag_options("later", skip_unchanged=True)
+    assert "later" in host.tags()
+    assert host.tag_options("later") == {"backup": "host", "skip_unchanged": 1, "prepare_ahead": -1}
+    host.set_tag_options("later", backup="disk", prepare_ahead=False)
+    assert host.tag_options("later") == {"backup": "disk", "skip_unchanged": 1, "prepare_ahead": 0}
+    host.set_tag_options("later", skip_unchanged=-1)
+    assert host.tag_options("later")["skip_unchanged"] == -1
+    with pytest.raises(ValueError):
+        host.set_tag_options("later", backup="tape")
+    with pytest.raises(ValueError):
+        host.set_tag_options("later", skip_unchanged=2)
+    with pytest.raises(cumem.CumemError) as e:
+        host.tag_options("never")
+    assert e.value.code == cumem._C.ENOTAG
+    assert host.tag_options("later")["backup"] == "disk"  # refusals changed nothing
