@@ -91,31 +91,57 @@ CUMEM_API const char *cumem_last_error(void);
 
 typedef struct cumem_options {
   const char *backend;  /* "auto" (default), "cuda" or "host"; CUMEM_BACKEND */
-  size_t chunk_size;    /* physical backing in chunks of this many bytes;
-                           0 = one handle per allocation; CUMEM_CHUNK_SIZE_MB */
-  int zero_on_wake;     /* discarded allocations read zero after wake;
+  size_t chunk_size;    /* physical backing in chunks of this many bytes,
+                           rounded up to the granularity; 0 = one handle per
+                           allocation (default); up to 1 TiB;
+                           CUMEM_CHUNK_SIZE_MB */
+  int zero_on_wake;     /* 0/1: discarded allocations read zero after wake;
                            CUMEM_ZERO_ON_WAKE (default 0) */
-  int retain_backup;    /* keep pinned host backups after wake for the next
-                           sleep; CUMEM_RETAIN_BACKUP (default 1) */
-  size_t copy_chunk;    /* bytes per host<->device copy; CUMEM_COPY_CHUNK_MB
-                           (default 64) */
-  int host_threads;     /* threads preparing pinned host memory;
+  int retain_backup;    /* 0/1: keep pinned host backups after wake for the
+                           next sleep; CUMEM_RETAIN_BACKUP (default 1) */
+  size_t copy_chunk;    /* bytes per host<->device copy and per pinned host
+                           segment: a multiple of the page size, from 4 KiB
+                           to 1 TiB; CUMEM_COPY_CHUNK_MB (default 64 MiB) */
+  int host_threads;     /* threads preparing pinned host memory, 1 to 256;
                            CUMEM_HOST_THREADS (default: min(8, cores)) */
   int release_threads;  /* threads releasing discarded allocations while the
-                           copies run; CUMEM_RELEASE_THREADS (default 4) */
-  int verbose;          /* print what the library decides to stderr;
-                           CUMEM_VERBOSE */
+                           copies run, 1 to 16; CUMEM_RELEASE_THREADS
+                           (default 4) */
+  int verbose;          /* 0/1: this instance prints what it decides, its
+                           timings and its errors to stderr; CUMEM_VERBOSE */
+  const char *invalid_env; /* NULL, or the name of the first CUMEM_*
+                           variable cumem_options_init could not use
+                           (malformed, negative, overflowing or out of
+                           range). cumem_open refuses such options with
+                           CUMEM_EINVAL naming the variable, its value and
+                           the allowed values; setting that option with
+                           cumem_options_set clears it. */
 } cumem_options_t;
 
-/* Fill *opts with the defaults, then apply the CUMEM_* environment. */
+/* Fill *opts with the defaults, then apply the CUMEM_* environment. Sizes
+ * from the environment may carry a unit ("1.5G", "512K"); a bare number
+ * counts the unit of the name (MiB for *_MB). A variable set to the empty
+ * string counts as unset. Values are checked again by cumem_open. */
 CUMEM_API void cumem_options_init(cumem_options_t *opts);
+
+/* Set the option `name` (the field's name: "copy_chunk", "verbose", ...)
+ * from text, read as its environment variable would be except that a size
+ * without a unit counts bytes ("65536", "64M", "1.5GiB"). A string value is
+ * not copied: it must live until cumem_open returns. CUMEM_EINVAL, with a
+ * detail naming the option and its allowed values, for an unknown name or a
+ * malformed or out-of-range value; *opts is then unchanged. */
+CUMEM_API int cumem_options_set(cumem_options_t *opts, const char *name,
+                                const char *value);
 
 /* ---- instances --------------------------------------------------------- */
 
 typedef struct cumem cumem_t;
 
-/* Open an instance. opts may be NULL (cumem_options_init's values). Fails
- * with CUMEM_ENODRIVER if "cuda" is asked for and no driver/GPU answers. */
+/* Open an instance. opts may be NULL (cumem_options_init's values). Every
+ * option is validated first: CUMEM_EINVAL names the first one not allowed
+ * (and its CUMEM_* variable when the value came from the environment) with
+ * its allowed values. Fails with CUMEM_ENODRIVER if "cuda" is asked for and
+ * no driver/GPU answers. String options are copied. */
 CUMEM_API int cumem_open(cumem_t **out, const cumem_options_t *opts);
 /* Free every allocation and backup, then the instance. NULL is a no-op. */
 CUMEM_API int cumem_close(cumem_t *cm);

@@ -2,6 +2,7 @@
  * engine is in sleep.c, host backups in hostmem.c, everything that touches a
  * device behind cm->backend. */
 #include "core.h"
+#include "options.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -13,7 +14,8 @@ static _Thread_local char current_tag[CUMEM_TAG_MAX + 1] = "default";
 static int check_tag_name(const char *tag) {
   if (!tag || !*tag) return CUMEM_FAIL(CUMEM_EINVAL, "a tag must be a non-empty string");
   if (strlen(tag) > CUMEM_TAG_MAX)
-    return CUMEM_FAIL(CUMEM_EINVAL, "tag \"%.20s...\" is longer than %d bytes", tag, CUMEM_TAG_MAX);
+    return CUMEM_FAIL(CUMEM_EINVAL, "tag \"%.*s...\" is longer than %d bytes", (int)cumem__utf8_prefix(tag, 20), tag,
+                      CUMEM_TAG_MAX);
   return 0;
 }
 
@@ -141,10 +143,22 @@ int cumem_open_backend(cumem_t **out, const cumem_options_t *opts, cumem_backend
     return CUMEM_FAIL(CUMEM_EINVAL, "out is NULL");
   }
   *out = NULL;
-  cumem_t *cm = calloc(1, sizeof *cm);
-  int rc = cm ? cumem__table_init(&cm->table) : CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for an instance");
+  cumem_options_t defaults;
+  if (!opts) {
+    cumem_options_init(&defaults);
+    opts = &defaults;
+  }
+  int rc = cumem__options_validate(opts);
+  int scope = cumem__log_scope(!rc && opts->verbose); /* this instance's verbosity from here on */
+  cumem_t *cm = rc ? NULL : calloc(1, sizeof *cm);
+  if (!rc && !cm) rc = CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for an instance");
+  int table = 0, strings = 0;
+  if (!rc) table = !(rc = cumem__table_init(&cm->table));
   if (!rc) {
-    if (opts) cm->opts = *opts; else cumem_options_init(&cm->opts);
+    cm->opts = *opts;
+    strings = !(rc = cumem__options_copy_strings(&cm->opts));
+  }
+  if (!rc) {
     cm->backend = backend;
     rc = backend->device_count(backend, &cm->ndevices);
   }
@@ -158,14 +172,17 @@ int cumem_open_backend(cumem_t **out, const cumem_options_t *opts, cumem_backend
     cm->devices[d].known = !rc;
   }
   if (rc) {
-    if (cm) cumem__table_destroy(&cm->table);
+    if (table) cumem__table_destroy(&cm->table);
+    if (strings) cumem__options_free_strings(&cm->opts);
     free(cm);
     backend->destroy(backend);
+    cumem__log_scope_restore(scope);
     return rc;
   }
   cumem__lock_init(&cm->lock);
   cm->fork_generation = cumem__fork_generation();
   cumem__log("opened on backend %s with %d device(s)", backend->name, cm->ndevices);
+  cumem__log_scope_restore(scope);
   *out = cm;
   return 0;
 }
@@ -178,9 +195,14 @@ int cumem_backend_open(const char *name, cumem_backend_t **out) {
   if (strcmp(name, "host") == 0) return cumem_backend_host(out);
   if (strcmp(name, "auto") != 0)
     return CUMEM_FAIL(CUMEM_EINVAL, "unknown backend \"%s\" (expected auto, cuda or host)", name);
+  /* The cuda probe's failure is no failure of this call: when the host
+   * backend takes over, this thread's detail stays as it was. */
+  cumem__error_save_t before;
+  cumem__error_save(&before);
   int rc = cumem_backend_cuda(out);
   if (rc == CUMEM_ENODRIVER) {
     cumem__log("auto: no CUDA driver or GPU (%s); using the host backend", cumem_last_error());
+    cumem__error_restore(&before);
     rc = cumem_backend_host(out);
   }
   return rc;
@@ -193,9 +215,17 @@ int cumem_open(cumem_t **out, const cumem_options_t *opts) {
     opts = &defaults;
   }
   if (!out) return CUMEM_FAIL(CUMEM_EINVAL, "out is NULL");
+  *out = NULL;
+  /* Validate before the backend starts (a driver is not loaded for
+   * options that will be refused). */
+  int rc = cumem__options_validate(opts);
+  if (rc) return rc;
+  int scope = cumem__log_scope(opts->verbose);
   cumem_backend_t *b = NULL;
-  int rc = cumem_backend_open(opts->backend, &b);
-  return rc ? rc : cumem_open_backend(out, opts, b);
+  rc = cumem_backend_open(opts->backend, &b);
+  if (!rc) rc = cumem_open_backend(out, opts, b);
+  cumem__log_scope_restore(scope);
+  return rc;
 }
 
 const char *cumem_backend_name(const cumem_t *cm) { return cm ? cm->backend->name : "none"; }
@@ -344,13 +374,14 @@ int cumem_alloc_ex(cumem_t *cm, void **out, size_t size, int device, const char 
   if (size > dev->total_bytes || size > SIZE_MAX - gran)
     return CUMEM_FAIL(CUMEM_E2BIG, "cumem_alloc: %zu bytes exceed device %d's %zu bytes", size, device,
                       dev->total_bytes);
-  size_t rounded = (size + gran - 1) / gran * gran;
+  /* No sum here can wrap: size <= SIZE_MAX - gran, and the chunk size
+   * (validated at open) is below the rounded size. */
+  size_t rounded = cumem__ceil_div(size, gran) * gran;
   size_t chunk = rounded;
-  if (cm->opts.chunk_size && cm->opts.chunk_size < rounded)
-    chunk = (cm->opts.chunk_size + gran - 1) / gran * gran;
+  if (cm->opts.chunk_size && cm->opts.chunk_size < rounded) chunk = cumem__ceil_div(cm->opts.chunk_size, gran) * gran;
 
   alloc_t *a = calloc(1, sizeof *a);
-  size_t nchunks = (rounded + chunk - 1) / chunk;
+  size_t nchunks = cumem__ceil_div(rounded, chunk);
   if (a) {
     a->handles = calloc(nchunks, sizeof *a->handles);
     a->state = calloc(nchunks, 1);
@@ -445,10 +476,21 @@ int cumem_free_on_stream(cumem_t *cm, void *ptr, void *stream) {
   return rc;
 }
 
+/* CUMEM_EBUSY while other threads wait for the instance: freeing it under
+ * them would be a use after free. (Calls that begin after cumem_close has
+ * returned cannot be caught: that is the caller's contract.) */
+static int refuse_if_waited_for(cumem_t *cm) {
+  unsigned long waiting = cumem__lock_waiters(&cm->lock);
+  return waiting ? CUMEM_FAIL(CUMEM_EBUSY, "cumem_close: %lu other call(s) are waiting for this instance; "
+                                           "close it once they have returned", waiting)
+                 : 0;
+}
+
 int cumem_close(cumem_t *cm) {
   if (!cm) return 0;
   int rc = cumem__enter(cm);
   if (rc) return rc;
+  rc = refuse_if_waited_for(cm); /* before anything changes */
   for (int d = 0; d < cm->ndevices && !rc; d++) rc = cm->backend->synchronize(cm->backend, d);
   if (!rc) {
     drain_limbo(cm);
@@ -462,8 +504,13 @@ int cumem_close(cumem_t *cm) {
       alloc_destroy_record(a);
     }
   }
-  cumem__leave(cm);
-  if (rc) return rc; /* the instance stays usable; close can be retried */
+  if (!rc) rc = refuse_if_waited_for(cm); /* some queued meanwhile */
+  if (rc) {
+    cumem__leave(cm);
+    return rc; /* the instance stays usable; close can be retried */
+  }
+  /* Nobody waits: the lock is never handed on, it is destroyed below. */
+  cumem__log_scope_restore(-1);
   pthread_mutex_lock(&cumem__default_lock);
   if (default_instance == cm) default_instance = NULL;
   pthread_mutex_unlock(&cumem__default_lock);
@@ -473,6 +520,7 @@ int cumem_close(cumem_t *cm) {
     free(t);
   }
   cumem__table_destroy(&cm->table);
+  cumem__options_free_strings(&cm->opts);
   cumem__lock_destroy(&cm->lock);
   cm->backend->destroy(cm->backend);
   free(cm);
@@ -490,7 +538,7 @@ static size_t mapped_bytes(const alloc_t *a) {
 }
 
 int cumem_query(cumem_t *cm, const void *ptr, cumem_alloc_info_t *info) {
-  if (!cm || !info) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_query: NULL argument");
+  if (!cm || !ptr || !info) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_query: NULL argument");
   int rc = cumem__enter(cm);
   if (rc) return rc;
   alloc_t *a = cumem__table_find_containing(&cm->table, (uintptr_t)ptr);
@@ -527,7 +575,8 @@ int cumem_backup_view(cumem_t *cm, const void *ptr, void **host, size_t *len) {
 
 int cumem_stats(cumem_t *cm, const char *tag, cumem_stats_t *out) {
   if (!cm || !out) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_stats: NULL argument");
-  int rc = cumem__enter(cm);
+  int rc = tag ? check_tag_name(tag) : 0;
+  if (!rc) rc = cumem__enter(cm);
   if (rc) return rc;
   tag_t *t = tag ? tag_find(cm, tag) : NULL;
   rc = tag && !t ? CUMEM_FAIL(CUMEM_ENOTAG, "no allocation has ever used tag \"%s\"", tag) : 0;

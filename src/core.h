@@ -8,6 +8,8 @@
 #include <pthread.h>
 
 #define CUMEM_MAX_DEVICES 64
+/* The most threads the sleep engine's releaser runs (release_threads). */
+#define CUMEM__RELEASE_THREADS_MAX 16
 
 typedef struct tag {
   struct tag *next;
@@ -83,6 +85,8 @@ void cumem__lock_init(cumem__lock_t *l);
 void cumem__lock_destroy(cumem__lock_t *l);
 void cumem__lock_acquire(cumem__lock_t *l);
 void cumem__lock_release(cumem__lock_t *l);
+/* Threads queued for the lock, besides its holder. Pre: held. */
+unsigned long cumem__lock_waiters(cumem__lock_t *l);
 /* The generation of this process (bumped in each fork child); installs the
  * fork handler on first use. */
 unsigned cumem__fork_generation(void);

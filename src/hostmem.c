@@ -2,6 +2,7 @@
 #include "hostmem.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -12,7 +13,9 @@
 int cumem__hostbuf_map(hostbuf_t *hb, size_t size, size_t seg) {
   memset(hb, 0, sizeof *hb);
   if (size == 0 || seg == 0) return CUMEM_FAIL(CUMEM_EINVAL, "empty host buffer");
-  hb->nseg = (size + seg - 1) / seg;
+  if (size > SIZE_MAX - HUGE_PAGE)
+    return CUMEM_FAIL(CUMEM_ENOHOST, "a host backup of %zu bytes cannot be mapped", size);
+  hb->nseg = cumem__ceil_div(size, seg);
   hb->ready = calloc(hb->nseg, 1);
   if (!hb->ready) return CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for %zu segment flags", hb->nseg);
   /* Align to a huge page so that the kernel can back it with THP. */

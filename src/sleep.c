@@ -121,7 +121,7 @@ typedef struct releaser {
   int error;
   cumem__error_save_t detail;
   pthread_mutex_t mu;
-  pthread_t threads[16];
+  pthread_t threads[CUMEM__RELEASE_THREADS_MAX];
   int nthreads;
 } releaser_t;
 

@@ -34,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ---- choices ------------------------------------------------------------- */
 
@@ -1099,8 +1100,14 @@ static inline void model_pick_options(src_t *s, cumem_options_t *o, size_t g) {
   cumem_options_init(o);
   static const size_t chunks[] = {0, 0, 1, 2, 3};
   o->chunk_size = chunks[pick(s, 5)] * g;
+  /* Copy segments of 1 to 16 pages: several per allocation. copy_chunk must
+   * be a multiple of the page size (cumem_open refuses others); the choice
+   * that once made odd sizes is still drawn, so that recorded inputs keep
+   * their meaning. */
   static const size_t copy[] = {1, 2, 3, 16};
-  o->copy_chunk = copy[pick(s, 4)] * g / 2 + (chance(s, 20) ? 1 : 0); /* odd sizes too */
+  size_t page = (size_t)sysconf(_SC_PAGESIZE);
+  o->copy_chunk = copy[pick(s, 4)] * page;
+  (void)chance(s, 20);
   o->zero_on_wake = chance(s, 30);
   o->retain_backup = !chance(s, 30);
   o->host_threads = 1 + (int)pick(s, 3);
