@@ -13,7 +13,34 @@
  *    global error: a failure never poisons later calls.
  *  - a failed call changes nothing, or leaves a state that a retry completes
  *    (documented per call). No call exits or aborts the process.
+ *  - one rule per kind of error, whatever the call:
+ *      CUMEM_EINVAL     a malformed argument: NULL for any pointer argument;
+ *                       size 0 for cumem_alloc; a tag name that is empty or
+ *                       longer than CUMEM_TAG_MAX; an address inside a live
+ *                       allocation but not at its start, where the start is
+ *                       required (free, unmap_release, create_map); an
+ *                       access past the end of its allocation or to memory
+ *                       that is asleep; an option that is not allowed;
+ *      CUMEM_ENOTFOUND  an address in no live allocation. The address is
+ *                       checked before the length: copying or setting 0
+ *                       bytes at an unknown address is CUMEM_ENOTFOUND too;
+ *      CUMEM_ENOTAG     a well-formed tag name that was never used (in tag
+ *                       lists, cumem_stats, cumem_tag_get_options).
  *  - every call is thread-safe; sleep and wake serialize with alloc and free.
+ *    Calls on one instance are served in the order they arrive (a FIFO
+ *    lock): a call waits at most for the calls queued before it, so a thread
+ *    that sleeps and wakes back to back cannot hold off other threads'
+ *    cumem_stats or cumem_alloc for more than the call in progress and the
+ *    ones already queued. cumem_close refuses with CUMEM_EBUSY while other
+ *    threads wait for the instance; no call may start on it once close has
+ *    returned 0.
+ *  - fork(): in a child process every call on an instance opened before the
+ *    fork, and cumem_default() when its instance was, returns CUMEM_EFORKED
+ *    at once, even when another thread of the parent was inside a call (a
+ *    sleep, say) at the moment of the fork; nothing hangs and nothing
+ *    touches the parent's memory. CUDA does not survive fork(): a child that
+ *    needs GPU memory must exec; on the host backend a child may open a new
+ *    instance. The parent's instances are not freed in the child.
  */
 #ifndef CUMEM_H
 #define CUMEM_H

@@ -437,13 +437,23 @@ int cumem_alloc(cumem_t *cm, void **out, size_t size, int device, const char *ta
   return cumem_alloc_ex(cm, out, size, device, tag, 0);
 }
 
-static int free_locked(cumem_t *cm, void *ptr, int sync_device) {
+int cumem__find_start(cumem_t *cm, const void *ptr, const char *what, alloc_t **out) {
   alloc_t *a = cumem__table_find(&cm->table, (uintptr_t)ptr);
-  if (!a) {
-    return cumem__table_find_containing(&cm->table, (uintptr_t)ptr)
-               ? CUMEM_FAIL(CUMEM_EINVAL, "free(%p): not the start of its allocation", ptr)
-               : CUMEM_FAIL(CUMEM_ENOTFOUND, "free(%p): not a live cumem allocation (double free?)", ptr);
+  if (a && !a->freeing) {
+    *out = a;
+    return 0;
   }
+  if (!a && cumem__table_find_containing(&cm->table, (uintptr_t)ptr))
+    return CUMEM_FAIL(CUMEM_EINVAL, "%s(%p): inside an allocation, not at its start", what, ptr);
+  if (a) return CUMEM_FAIL(CUMEM_ENOTFOUND, "%s(%p): the allocation is being freed (a free failed half-way: "
+                                            "free it again)", what, ptr);
+  return CUMEM_FAIL(CUMEM_ENOTFOUND, "%s(%p): not a live cumem allocation (freed already?)", what, ptr);
+}
+
+static int free_locked(cumem_t *cm, void *ptr, int sync_device) {
+  /* A record marked freeing (a free that failed half-way) is finished here. */
+  alloc_t *a = cumem__table_find(&cm->table, (uintptr_t)ptr);
+  if (!a) return cumem__find_start(cm, ptr, "free", &a); /* says why there is none */
   int rc = 0;
   a->freeing = 1; /* from now on sleep, wake and data access leave it alone */
   /* Kernels may still run on the memory: unmap does not wait for them. */
@@ -557,7 +567,7 @@ int cumem_query(cumem_t *cm, const void *ptr, cumem_alloc_info_t *info) {
 }
 
 int cumem_backup_view(cumem_t *cm, const void *ptr, void **host, size_t *len) {
-  if (!cm || !host || !len) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_backup_view: NULL argument");
+  if (!cm || !ptr || !host || !len) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_backup_view: NULL argument");
   int rc = cumem__enter(cm);
   if (rc) return rc;
   alloc_t *a = cumem__table_find_containing(&cm->table, (uintptr_t)ptr);
@@ -649,13 +659,18 @@ enum { TO_DEVICE, TO_HOST, SET };
 
 static int transfer(cumem_t *cm, int kind, void *dst, const void *src, int value, size_t n) {
   if (!cm || !dst || (kind != SET && !src)) return CUMEM_FAIL(CUMEM_EINVAL, "copy: NULL argument");
-  if (n == 0) return 0;
   cumem_backend_t *b = cm->backend;
   int rc = cumem__enter(cm);
   if (rc) return rc;
   alloc_t *a = NULL;
+  /* The address is checked whatever the length (0 bytes at an unknown
+   * address is ENOTFOUND, as any other length). */
   rc = find_range(cm, kind == TO_HOST ? src : dst, n, &a);
   void *stream = NULL;
+  if (!rc && n == 0) {
+    cumem__leave(cm);
+    return 0;
+  }
   if (!rc) rc = b->stream_create(b, a->device, &stream);
   if (!rc) {
     if (kind == TO_DEVICE) rc = b->copy_to_device(b, (uintptr_t)dst, src, n, stream);

@@ -458,8 +458,8 @@ static int one_alloc(cumem_t *cm, void *ptr, int wake) {
   if (!cm || !ptr) return CUMEM_FAIL(CUMEM_EINVAL, "NULL argument");
   int rc = cumem__enter(cm);
   if (rc) return rc;
-  alloc_t *a = cumem__table_find(&cm->table, (uintptr_t)ptr);
-  rc = a && !a->freeing ? 0 : CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is not the start of a live cumem allocation", ptr);
+  alloc_t *a = NULL;
+  rc = cumem__find_start(cm, ptr, wake ? "cumem_create_map" : "cumem_unmap_release", &a);
   unsigned char no_offload = 0;
   if (!rc && wake && cumem__is_asleep(a)) rc = cumem__engine_wake(cm, &a, 1);
   if (!rc && !wake && cumem__holds_memory(a)) rc = cumem__engine_sleep(cm, &a, 1, &no_offload);
