@@ -265,7 +265,10 @@ CUMEM_API int cumem_wake(cumem_t *cm, const char *const *tags);
 /* Pin host backup memory for these tags' allocations ahead of time, so that
  * the first sleep only copies. NULL = every tag. */
 CUMEM_API int cumem_prepare_backup(cumem_t *cm, const char *const *tags);
-/* Give back the retained backups of awake allocations (munmap: RSS drops). */
+/* Give back every host backup that holds no content still to restore
+ * (munmap: RSS drops): retained ones of awake allocations, and the buffers
+ * kept for reuse by allocations whose content a sleep discarded (asleep or
+ * not). Backups of allocations asleep with their content are kept. */
 CUMEM_API int cumem_release_backup(cumem_t *cm, const char *const *tags);
 
 /* Where the host backup keeps the bytes of ptr (any address inside a live
@@ -273,11 +276,27 @@ CUMEM_API int cumem_release_backup(cumem_t *cm, const char *const *tags);
  * from there to the end of the allocation. The backup holds the content the
  * last sleep saved — while asleep, and after wake as long as it is retained
  * (it is not updated by later writes to the device). CUMEM_ENOTFOUND when
- * ptr is not live or no sleep has saved its content. The view is valid
- * until the backup is released (wake without retention, release_backup,
- * free). */
+ * ptr is not live or the backup holds no valid content: no sleep has saved
+ * it yet, or the last sleep discarded the allocation (a retained buffer may
+ * still be held for the next offloading sleep, but never as its content).
+ * The view is valid until the backup is given back (wake without
+ * retention, release_backup, free, close); cumem_backup_pin keeps it. */
 CUMEM_API int cumem_backup_view(cumem_t *cm, const void *ptr, void **host,
                                 size_t *len);
+
+/* As cumem_backup_view, and keep the viewed memory mapped until
+ * cumem_backup_unpin, whatever happens meanwhile: a free (from any thread,
+ * PyTorch's included), release_backup, a wake without retention, or
+ * cumem_close. The backup is then detached from its allocation (a later
+ * sleep gets new memory) and the pinned memory keeps the bytes it had; it is
+ * unmapped when its last pin is dropped. While the backup stays attached,
+ * the view sees what later sleeps write into it. */
+typedef struct cumem_backup_pin cumem_backup_pin_t;
+CUMEM_API int cumem_backup_pin(cumem_t *cm, const void *ptr, void **host,
+                               size_t *len, cumem_backup_pin_t **pin);
+/* Drop one pin. Thread-safe; needs no instance (it may be closed). NULL is a
+ * no-op. */
+CUMEM_API void cumem_backup_unpin(cumem_backup_pin_t *pin);
 
 /* One allocation at a time, for the vLLM seed ABI: release the physical
  * memory of the allocation at ptr without a backup / create it again. */
@@ -300,7 +319,10 @@ typedef struct cumem_stats {
   size_t bytes_mapped;    /* of which backed by physical memory now */
   size_t bytes_asleep;    /* of which released */
   size_t bytes_backed_up; /* content held in host backups while asleep */
-  size_t bytes_host_held; /* pinned host memory held, retained included */
+  size_t bytes_host_held; /* pinned host memory held by backups: with
+                             content to restore, retained after wake, or
+                             kept for reuse after a discarding sleep (not
+                             memory detached to pins) */
 } cumem_stats_t;
 
 /* Figures for one tag, or for all when tag is NULL. */

@@ -566,18 +566,46 @@ int cumem_query(cumem_t *cm, const void *ptr, cumem_alloc_info_t *info) {
   return a ? 0 : CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is not inside a live cumem allocation", ptr);
 }
 
+/* Where ptr's bytes are in its backup, when the backup holds valid content.
+ * Pre: lock held. */
+static int backup_locate(cumem_t *cm, const void *ptr, alloc_t **out, void **host, size_t *len) {
+  alloc_t *a = cumem__table_find_containing(&cm->table, (uintptr_t)ptr);
+  if (!a || a->freeing) return CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is not inside a live cumem allocation", ptr);
+  if (!a->backup.filled)
+    return !a->backup.ptr ? CUMEM_FAIL(CUMEM_ENOTFOUND, "%p has no host backup", ptr)
+           : cumem__is_asleep(a)
+               ? CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is asleep with its content discarded: its backup holds nothing valid", ptr)
+               : CUMEM_FAIL(CUMEM_ENOTFOUND, "%p's backup holds no content: the last sleep did not save it", ptr);
+  size_t off = (uintptr_t)ptr - a->va;
+  *out = a;
+  *host = a->backup.ptr + off;
+  *len = a->size - off;
+  return 0;
+}
+
 int cumem_backup_view(cumem_t *cm, const void *ptr, void **host, size_t *len) {
   if (!cm || !ptr || !host || !len) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_backup_view: NULL argument");
   int rc = cumem__enter(cm);
   if (rc) return rc;
-  alloc_t *a = cumem__table_find_containing(&cm->table, (uintptr_t)ptr);
-  rc = !a ? CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is not inside a live cumem allocation", ptr)
-           : !a->backup.filled ? CUMEM_FAIL(CUMEM_ENOTFOUND, "no sleep has saved the content of %p", ptr)
-                               : 0;
+  alloc_t *a;
+  rc = backup_locate(cm, ptr, &a, host, len);
+  cumem__leave(cm);
+  return rc;
+}
+
+int cumem_backup_pin(cumem_t *cm, const void *ptr, void **host, size_t *len, cumem_backup_pin_t **pin) {
+  if (!cm || !ptr || !host || !len || !pin) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_backup_pin: NULL argument");
+  *pin = NULL;
+  int rc = cumem__enter(cm);
+  if (rc) return rc;
+  alloc_t *a;
+  void *h = NULL;
+  size_t n = 0;
+  rc = backup_locate(cm, ptr, &a, &h, &n);
+  if (!rc) rc = cumem__pin_take(&a->backup, pin);
   if (!rc) {
-    size_t off = (uintptr_t)ptr - a->va;
-    *host = a->backup.ptr + off;
-    *len = a->size - off;
+    *host = h;
+    *len = n;
   }
   cumem__leave(cm);
   return rc;

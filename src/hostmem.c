@@ -67,7 +67,7 @@ int cumem__hostbuf_free(cumem_backend_t *b, hostbuf_t *hb) {
     if (rc) return rc;
     hb->ready[i] = 0;
   }
-  if (munmap(hb->map_base, hb->map_size) != 0)
+  if (!cumem__pin_detach(hb) && munmap(hb->map_base, hb->map_size) != 0)
     return CUMEM_FAIL(CUMEM_ENOHOST, "munmap of host backup failed: %s", strerror(errno));
   free(hb->ready);
   memset(hb, 0, sizeof *hb);

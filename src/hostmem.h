@@ -19,6 +19,7 @@ typedef struct hostbuf {
   size_t nseg;
   unsigned char *ready; /* per segment: touched and registered */
   int filled;           /* holds the content saved by the last sleep */
+  cumem_backup_pin_t *pin; /* pins on this memory (pin.c), or NULL */
 } hostbuf_t;
 
 /* Map (not yet touch) `size` bytes in segments of `seg`. Pre: hb is empty. */
@@ -29,8 +30,10 @@ void cumem__hostbuf_touch_segment(hostbuf_t *hb, size_t i);
 /* Page-lock segment i (after its touch); one thread at a time. */
 int cumem__hostbuf_register_segment(cumem_backend_t *b, hostbuf_t *hb, size_t i);
 size_t cumem__hostbuf_segment_size(const hostbuf_t *hb, size_t i);
-/* Unregister and unmap. On failure the buffer is kept as it was (a
- * registration that cannot be undone is never unmapped under the driver). */
+/* Unregister and unmap (every backup is given back here, nowhere else). On
+ * failure the buffer is kept as it was (a registration that cannot be undone
+ * is never unmapped under the driver). Memory with pins is not unmapped but
+ * handed to them (pin.c); hb is empty afterwards either way. */
 int cumem__hostbuf_free(cumem_backend_t *b, hostbuf_t *hb);
 size_t cumem__hostbuf_held(const hostbuf_t *hb); /* bytes held (0 when none) */
 
@@ -58,5 +61,12 @@ int cumem__preparer_start(preparer_t *p, cumem_backend_t *b, prep_job_t *jobs, s
 int cumem__preparer_wait(preparer_t *p, size_t k);
 /* Stop handing out jobs, join the workers, free the pool. */
 void cumem__preparer_finish(preparer_t *p);
+
+/* pin.c. Pre for both: the instance's lock is held. */
+/* One more pin on hb's memory (the record is made on first use). */
+int cumem__pin_take(hostbuf_t *hb, cumem_backup_pin_t **out);
+/* hb's memory is being given back: 1 when pins hold it (they own the
+ * mapping now: do not unmap it), 0 when the caller unmaps. */
+int cumem__pin_detach(hostbuf_t *hb);
 
 #endif

@@ -218,8 +218,13 @@ int cumem__engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned ch
   alloc_t **discard = rc ? NULL : malloc((n ? n : 1) * sizeof *discard);
   size_t ndiscard = 0;
   if (!rc && !discard) rc = CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory");
-  for (size_t i = 0; !rc && i < n; i++)
-    if (!copy[i]) discard[ndiscard++] = list[i];
+  for (size_t i = 0; !rc && i < n; i++) {
+    if (copy[i]) continue;
+    discard[ndiscard++] = list[i];
+    /* Its content goes: a retained backup may stay for the next offloading
+     * sleep (pinned already: that sleep only copies), never as content. */
+    if (!list[i]->backed_up) list[i]->backup.filled = 0;
+  }
   releaser_t rel;
   int rel_started = !rc && ndiscard > 0;
   if (rel_started) releaser_start(&rel, cm, discard, ndiscard);
@@ -368,9 +373,12 @@ int cumem__engine_wake(cumem_t *cm, alloc_t **list, size_t n) {
 
 /* ---- the public calls ---------------------------------------------------- */
 
-/* Allocations matching the tag set, and (for sleep) those not yet fully
- * asleep / (for wake) those not fully awake. */
-static int select_allocs(cumem_t *cm, tag_t **set, size_t nset, int all, int asleep_ones,
+/* Which allocations of the tag set a call takes. */
+enum { HOLDING = 0, /* holding physical memory (sleep, prepare) */
+       ASLEEP = 1,  /* not fully awake (wake) */
+       EVERY = 2 }; /* all of them (release_backup) */
+
+static int select_allocs(cumem_t *cm, tag_t **set, size_t nset, int all, int which,
                          alloc_t ***out, size_t *n) {
   size_t count = 0;
   for (alloc_t *a = cm->table.first; a; a = a->next) count++;
@@ -379,7 +387,7 @@ static int select_allocs(cumem_t *cm, tag_t **set, size_t nset, int all, int asl
   size_t k = 0;
   for (alloc_t *a = cm->table.first; a; a = a->next) {
     if (a->freeing || !cumem__tag_in(a->tag, set, nset, all)) continue;
-    int wanted = asleep_ones ? cumem__is_asleep(a) : cumem__holds_memory(a);
+    int wanted = which == EVERY || (which == ASLEEP ? cumem__is_asleep(a) : cumem__holds_memory(a));
     if (wanted) list[k++] = a;
   }
   *out = list;
@@ -398,7 +406,7 @@ int cumem_sleep(cumem_t *cm, const char *const *tags, const char *const *offload
   unsigned char *offload = NULL;
   rc = cumem__tag_set(cm, tags, &set, &nset, &all);
   if (!rc && offload_tags) rc = cumem__tag_set(cm, offload_tags, &off, &noff, &off_all);
-  if (!rc) rc = select_allocs(cm, set, nset, all, 0, &list, &n);
+  if (!rc) rc = select_allocs(cm, set, nset, all, HOLDING, &list, &n);
   if (!rc && !(offload = calloc(n ? n : 1, 1))) rc = CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory");
   for (size_t i = 0; !rc && i < n; i++)
     offload[i] = offload_tags && cumem__tag_in(list[i]->tag, off, noff, off_all);
@@ -412,7 +420,7 @@ int cumem_sleep(cumem_t *cm, const char *const *tags, const char *const *offload
 }
 
 /* Wake (or prepare) the allocations of a tag list. */
-static int run_on_tags(cumem_t *cm, const char *const *tags, int asleep_ones,
+static int run_on_tags(cumem_t *cm, const char *const *tags, int which,
                        int (*engine)(cumem_t *, alloc_t **, size_t)) {
   int rc = cumem__enter(cm);
   if (rc) return rc;
@@ -421,7 +429,7 @@ static int run_on_tags(cumem_t *cm, const char *const *tags, int asleep_ones,
   int all = 0;
   alloc_t **list = NULL;
   rc = cumem__tag_set(cm, tags, &set, &nset, &all);
-  if (!rc) rc = select_allocs(cm, set, nset, all, asleep_ones, &list, &n);
+  if (!rc) rc = select_allocs(cm, set, nset, all, which, &list, &n);
   if (!rc) rc = engine(cm, list, n);
   cumem__leave(cm);
   free(list);
@@ -431,17 +439,17 @@ static int run_on_tags(cumem_t *cm, const char *const *tags, int asleep_ones,
 
 int cumem_wake(cumem_t *cm, const char *const *tags) {
   if (!cm) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_wake: instance is NULL");
-  return run_on_tags(cm, tags, 1, cumem__engine_wake);
+  return run_on_tags(cm, tags, ASLEEP, cumem__engine_wake);
 }
 
 int cumem_prepare_backup(cumem_t *cm, const char *const *tags) {
   if (!cm) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_prepare_backup: instance is NULL");
-  return run_on_tags(cm, tags, 0, cumem__engine_prepare);
+  return run_on_tags(cm, tags, HOLDING, cumem__engine_prepare);
 }
 
 static int release_backups(cumem_t *cm, alloc_t **list, size_t n) {
   for (size_t i = 0; i < n; i++) {
-    if (list[i]->backed_up) continue; /* still holds a sleeping content */
+    if (list[i]->backed_up) continue; /* holds content a wake must restore */
     int rc = cumem__hostbuf_free(cm->backend, &list[i]->backup);
     if (rc) return rc;
   }
@@ -450,7 +458,7 @@ static int release_backups(cumem_t *cm, alloc_t **list, size_t n) {
 
 int cumem_release_backup(cumem_t *cm, const char *const *tags) {
   if (!cm) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_release_backup: instance is NULL");
-  return run_on_tags(cm, tags, 0, release_backups);
+  return run_on_tags(cm, tags, EVERY, release_backups); /* asleep or not */
 }
 
 /* One allocation, for the seed ABI. */

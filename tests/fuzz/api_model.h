@@ -924,14 +924,22 @@ static inline void op_tagset(model_t *m, int what) {
       if (!f.injected) MCHECK(m, m_same(m, &before), "wake failed with ENOMEM and did not undo everything");
     }
     break;
+  case SET_PREPARE:
+    for (int i = 0; i < m->n; i++) {
+      m_alloc_t *a = &m->a[i];
+      /* Prepare works on the allocations that hold device memory. */
+      if (!(sel >> a->tag & 1) || a->zombie || a->phys == PHYS_NONE) continue;
+      if (rc) a->held = -1;
+      else a->held = a->phys == PHYS_ALL || a->held == 1 ? 1 : -1;
+    }
+    break;
   default:
     for (int i = 0; i < m->n; i++) {
       m_alloc_t *a = &m->a[i];
-      /* Both work on the allocations that hold device memory. */
-      if (!(sel >> a->tag & 1) || a->zombie || a->phys == PHYS_NONE) continue;
-      if (rc) a->held = -1;
-      else if (what == SET_PREPARE) a->held = a->phys == PHYS_ALL || a->held == 1 ? 1 : -1;
-      else if (!a->backed) a->held = a->phys == PHYS_ALL || a->held == 0 ? 0 : -1;
+      /* Release works on every allocation, asleep or not, and keeps the
+       * backups that hold content a wake must restore. */
+      if (!(sel >> a->tag & 1) || a->zombie || a->backed) continue;
+      a->held = rc ? -1 : 0;
     }
   }
 }
