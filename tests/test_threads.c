@@ -307,8 +307,9 @@ static void gated_destroy(cumem_backend_t *b) {
   free(b);
 }
 
-/* An instance whose copies to the host stop at the gate once armed. */
-static int open_gated(cumem_t **cm) {
+/* An instance whose copies stop at the gates once armed, holding one
+ * allocation of n bytes under tag "w", filled with pattern `seed`. */
+static int open_gated(cumem_t **cm, void **p, size_t n, unsigned seed) {
   cumem_backend_t *inner = NULL;
   int rc = cumem_backend_open(test_backend(), &inner);
   if (rc) return rc;
@@ -324,7 +325,10 @@ static int open_gated(cumem_t **cm) {
   gate.inner = inner;
   gate.armed = 0;
   gate.inside[0] = gate.inside[1] = gate.open[0] = gate.open[1] = 0;
-  return cumem_open_backend(cm, NULL, b);
+  rc = cumem_open_backend(cm, NULL, b);
+  if (!rc) rc = cumem_alloc(*cm, p, n, 0, "w");
+  if (!rc) rc = fill_pattern(*cm, *p, n, seed);
+  return rc;
 }
 
 static void gate_wait_inside(int k) {
@@ -402,10 +406,8 @@ static void *stats_flagged(void *arg) {
 
 TEST(a_waiting_call_goes_before_the_next_sleep_or_wake) {
   cumem_t *cm = NULL;
-  CHECK_OK(open_gated(&cm));
   void *p;
-  CHECK_OK(cumem_alloc(cm, &p, 2 << 20, 0, "w"));
-  CHECK_OK(fill_pattern(cm, p, 2 << 20, 4));
+  CHECK_OK(open_gated(&cm, &p, 2 << 20, 4));
   gate.armed = 3;
   order_t o = {cm, 0};
   pthread_t cy;
@@ -458,10 +460,8 @@ TEST(a_waiting_call_goes_before_the_next_sleep_or_wake) {
  * a second close succeeds. */
 TEST(close_refuses_while_other_threads_wait) {
   cumem_t *cm = NULL;
-  CHECK_OK(open_gated(&cm));
   void *p;
-  CHECK_OK(cumem_alloc(cm, &p, 4 << 20, 0, "w"));
-  CHECK_OK(fill_pattern(cm, p, 4 << 20, 8));
+  CHECK_OK(open_gated(&cm, &p, 4 << 20, 8));
   gate.armed = 1;
   call_t sl = {cm, 1}, cl = {cm, 1}, st = {cm, 1};
   pthread_t t1, t2, t3;
@@ -493,10 +493,8 @@ TEST(fork_while_a_thread_is_inside_sleep) {
   cumem_t *def = NULL;
   CHECK_OK(cumem_default(&def)); /* opened before the fork too */
   cumem_t *cm = NULL;
-  CHECK_OK(open_gated(&cm));
   void *p;
-  CHECK_OK(cumem_alloc(cm, &p, 4 << 20, 0, "w"));
-  CHECK_OK(fill_pattern(cm, p, 4 << 20, 9));
+  CHECK_OK(open_gated(&cm, &p, 4 << 20, 9));
   gate.armed = 1;
   call_t sl = {cm, 1};
   pthread_t t1;
