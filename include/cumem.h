@@ -170,7 +170,10 @@ typedef struct cumem cumem_t;
  * its allowed values. Fails with CUMEM_ENODRIVER if "cuda" is asked for and
  * no driver/GPU answers. String options are copied. */
 CUMEM_API int cumem_open(cumem_t **out, const cumem_options_t *opts);
-/* Free every allocation and backup, then the instance. NULL is a no-op. */
+/* Free every allocation and backup, then the instance. NULL is a no-op.
+ * CUMEM_EBUSY while other threads wait for the instance (nothing is freed
+ * under them); on any failure the instance stays open and usable, and close
+ * can be retried. */
 CUMEM_API int cumem_close(cumem_t *cm);
 /* "cuda" or "host" (or a custom backend's name). */
 CUMEM_API const char *cumem_backend_name(const cumem_t *cm);

@@ -127,6 +127,7 @@ typedef struct releaser {
 
 static void *release_worker(void *arg) {
   releaser_t *r = arg;
+  int scope = cumem__log_scope(r->cm->opts.verbose); /* log as the instance does */
   pthread_mutex_lock(&r->mu);
   while (!r->error && r->next < r->n) {
     alloc_t *a = r->list[r->next++];
@@ -139,6 +140,7 @@ static void *release_worker(void *arg) {
     }
   }
   pthread_mutex_unlock(&r->mu);
+  cumem__log_scope_restore(scope);
   return NULL;
 }
 
