@@ -89,31 +89,46 @@ static int region_alloc(void **out, size_t size, int device) {
 }
 
 /* Free an owned address through cumem; on failure it stays owned (a retry
- * may succeed) and the caller reports the error. on_stream: wait only for
+ * may succeed) and the detail stays cumem's. on_stream: wait only for
  * `stream`, not for the whole device. */
 static int region_free(void *ptr, int on_stream, cudaStream_t stream) {
   cumem_t *cm = NULL;
   int rc = cumem_default(&cm);
   if (!rc) rc = on_stream ? cumem_free_on_stream(cm, ptr, stream) : cumem_free(cm, ptr);
-  if (rc) (void)cumem__preload_owned_add((uintptr_t)ptr); /* the detail stays cumem's */
+  if (rc) (void)cumem__preload_owned_add((uintptr_t)ptr);
   return rc;
 }
 
 static int in_region(size_t size) { return size > 0 && cumem__preload_region()->enabled; }
 
+/* A call refused before anything was done (a NULL output pointer). */
+static int refused(enum preload_fn fn) {
+  cumem__preload_count(fn, PRELOAD_REFUSED, 1, 0);
+  return cudaErrorInvalidValue; /* == CUDA_ERROR_INVALID_VALUE */
+}
+
+/* In a region: `size` bytes of cumem memory on the runtime's current device. */
+static cudaError_t alloc_in_region(enum preload_fn fn, void **devPtr, size_t size) {
+  int dev = 0, rc = runtime_device(&dev);
+  if (!rc) rc = region_alloc(devPtr, size, dev);
+  cumem__preload_count(fn, PRELOAD_TO_CUMEM, rc != 0, rc ? 0 : size);
+  return rc ? cudaErrorMemoryAllocation : cudaSuccess;
+}
+
+/* 1 when ptr was the interposer's and cumem freed it (*failed: whether that
+ * failed), 0 when it is someone else's. */
+static int free_if_owned(enum preload_fn fn, void *ptr, int on_stream, cudaStream_t stream, int *failed) {
+  if (!cumem__preload_owned_take((uintptr_t)ptr)) return 0;
+  *failed = region_free(ptr, on_stream, stream) != 0;
+  cumem__preload_count(fn, PRELOAD_TO_CUMEM, *failed, 0);
+  return 1;
+}
+
 /* ---- allocating calls ---------------------------------------------------- */
 
 API cudaError_t cudaMalloc(void **devPtr, size_t size) {
-  if (!devPtr) {
-    cumem__preload_count(PRELOAD_cudaMalloc, PRELOAD_REFUSED, 1, 0);
-    return cudaErrorInvalidValue;
-  }
-  if (in_region(size)) {
-    int dev = 0, rc = runtime_device(&dev);
-    if (!rc) rc = region_alloc(devPtr, size, dev);
-    cumem__preload_count(PRELOAD_cudaMalloc, PRELOAD_TO_CUMEM, rc != 0, rc ? 0 : size);
-    return rc ? cudaErrorMemoryAllocation : cudaSuccess;
-  }
+  if (!devPtr) return refused(PRELOAD_cudaMalloc);
+  if (in_region(size)) return alloc_in_region(PRELOAD_cudaMalloc, devPtr, size);
   cudaMalloc_fn real = REAL(cudaMalloc);
   cudaError_t e = real ? real(devPtr, size) : cudaErrorMemoryAllocation;
   cumem__preload_count(PRELOAD_cudaMalloc, PRELOAD_FORWARDED, e != cudaSuccess, size);
@@ -123,16 +138,8 @@ API cudaError_t cudaMalloc(void **devPtr, size_t size) {
 /* The memory is usable from every stream once mapped, so the stream only
  * matters to the real function. */
 API cudaError_t cudaMallocAsync(void **devPtr, size_t size, cudaStream_t stream) {
-  if (!devPtr) {
-    cumem__preload_count(PRELOAD_cudaMallocAsync, PRELOAD_REFUSED, 1, 0);
-    return cudaErrorInvalidValue;
-  }
-  if (in_region(size)) {
-    int dev = 0, rc = runtime_device(&dev);
-    if (!rc) rc = region_alloc(devPtr, size, dev);
-    cumem__preload_count(PRELOAD_cudaMallocAsync, PRELOAD_TO_CUMEM, rc != 0, rc ? 0 : size);
-    return rc ? cudaErrorMemoryAllocation : cudaSuccess;
-  }
+  if (!devPtr) return refused(PRELOAD_cudaMallocAsync);
+  if (in_region(size)) return alloc_in_region(PRELOAD_cudaMallocAsync, devPtr, size);
   cudaMallocAsync_fn real = REAL(cudaMallocAsync);
   cudaError_t e = real ? real(devPtr, size, stream) : cudaErrorMemoryAllocation;
   cumem__preload_count(PRELOAD_cudaMallocAsync, PRELOAD_FORWARDED, e != cudaSuccess, size);
@@ -140,17 +147,12 @@ API cudaError_t cudaMallocAsync(void **devPtr, size_t size, cudaStream_t stream)
 }
 
 API cudaError_t cudaMallocPitch(void **devPtr, size_t *pitch, size_t width, size_t height) {
-  if (!devPtr || !pitch) {
-    cumem__preload_count(PRELOAD_cudaMallocPitch, PRELOAD_REFUSED, 1, 0);
-    return cudaErrorInvalidValue;
-  }
+  if (!devPtr || !pitch) return refused(PRELOAD_cudaMallocPitch);
   size_t row = (width + PITCH_ALIGN - 1) / PITCH_ALIGN * PITCH_ALIGN;
   if (width && height && in_region(width) && row >= width && height <= SIZE_MAX / row) {
-    int dev = 0, rc = runtime_device(&dev);
-    if (!rc) rc = region_alloc(devPtr, row * height, dev);
-    if (!rc) *pitch = row;
-    cumem__preload_count(PRELOAD_cudaMallocPitch, PRELOAD_TO_CUMEM, rc != 0, rc ? 0 : row * height);
-    return rc ? cudaErrorMemoryAllocation : cudaSuccess;
+    cudaError_t e = alloc_in_region(PRELOAD_cudaMallocPitch, devPtr, row * height);
+    if (e == cudaSuccess) *pitch = row;
+    return e;
   }
   /* Empty and overflowing requests: the real function answers them. */
   cudaMallocPitch_fn real = REAL(cudaMallocPitch);
@@ -160,11 +162,9 @@ API cudaError_t cudaMallocPitch(void **devPtr, size_t *pitch, size_t width, size
   return e;
 }
 
+/* The driver's current device is the current context's. */
 API CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize) {
-  if (!dptr) {
-    cumem__preload_count(PRELOAD_cuMemAlloc_v2, PRELOAD_REFUSED, 1, 0);
-    return CUDA_ERROR_INVALID_VALUE;
-  }
+  if (!dptr) return refused(PRELOAD_cuMemAlloc_v2);
   if (in_region(bytesize)) {
     void *p = NULL;
     int dev = 0, rc = driver_device(&dev);
@@ -183,11 +183,9 @@ API CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize) {
 
 /* cudaFree(NULL) is how programs create the context: always forwarded. */
 API cudaError_t cudaFree(void *devPtr) {
-  if (cumem__preload_owned_take((uintptr_t)devPtr)) {
-    int rc = region_free(devPtr, 0, NULL);
-    cumem__preload_count(PRELOAD_cudaFree, PRELOAD_TO_CUMEM, rc != 0, 0);
-    return rc ? cudaErrorInvalidValue : cudaSuccess;
-  }
+  int failed;
+  if (free_if_owned(PRELOAD_cudaFree, devPtr, 0, NULL, &failed))
+    return failed ? cudaErrorInvalidValue : cudaSuccess;
   cudaFree_fn real = REAL(cudaFree);
   cudaError_t e = real ? real(devPtr) : cudaErrorInvalidValue;
   cumem__preload_count(PRELOAD_cudaFree, PRELOAD_FORWARDED, e != cudaSuccess, 0);
@@ -197,11 +195,9 @@ API cudaError_t cudaFree(void *devPtr) {
 /* Work queued on `stream` may still use the memory: cumem waits for that
  * stream, then frees (synchronously: the memory is unmapped at return). */
 API cudaError_t cudaFreeAsync(void *devPtr, cudaStream_t stream) {
-  if (cumem__preload_owned_take((uintptr_t)devPtr)) {
-    int rc = region_free(devPtr, 1, stream);
-    cumem__preload_count(PRELOAD_cudaFreeAsync, PRELOAD_TO_CUMEM, rc != 0, 0);
-    return rc ? cudaErrorInvalidValue : cudaSuccess;
-  }
+  int failed;
+  if (free_if_owned(PRELOAD_cudaFreeAsync, devPtr, 1, stream, &failed))
+    return failed ? cudaErrorInvalidValue : cudaSuccess;
   cudaFreeAsync_fn real = REAL(cudaFreeAsync);
   cudaError_t e = real ? real(devPtr, stream) : cudaErrorInvalidValue;
   cumem__preload_count(PRELOAD_cudaFreeAsync, PRELOAD_FORWARDED, e != cudaSuccess, 0);
@@ -209,12 +205,9 @@ API cudaError_t cudaFreeAsync(void *devPtr, cudaStream_t stream) {
 }
 
 API CUresult cuMemFree_v2(CUdeviceptr dptr) {
-  void *p = (void *)(uintptr_t)dptr;
-  if (cumem__preload_owned_take((uintptr_t)p)) {
-    int rc = region_free(p, 0, NULL);
-    cumem__preload_count(PRELOAD_cuMemFree_v2, PRELOAD_TO_CUMEM, rc != 0, 0);
-    return rc ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
-  }
+  int failed;
+  if (free_if_owned(PRELOAD_cuMemFree_v2, (void *)(uintptr_t)dptr, 0, NULL, &failed))
+    return failed ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
   cuMemFree_v2_fn real = REAL(cuMemFree_v2);
   CUresult e = real ? real(dptr) : CUDA_ERROR_INVALID_VALUE;
   cumem__preload_count(PRELOAD_cuMemFree_v2, PRELOAD_FORWARDED, e != CUDA_SUCCESS, 0);
