@@ -4,7 +4,10 @@
  *
  * It frees only what it allocated (anything else is cudaErrorInvalidValue),
  * so a cumem address that wrongly reached it is caught. The current device
- * is whatever fake_cudart_set_device() set (0 at start). */
+ * is whatever fake_cudart_set_device() set (0 at start). Thread-safe, as the
+ * real runtime is. */
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,33 +19,40 @@ typedef int CUresult;
 typedef unsigned long long CUdeviceptr;
 
 enum { MAX_LIVE = 1024 };
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static void *live[MAX_LIVE];
-static int device;
-static long calls_malloc, calls_free, calls_other;
+static _Atomic int device;
+static _Atomic long calls_malloc, calls_free, calls_other;
 
 static cudaError_t host_alloc(void **p, size_t n) {
   if (!p) return 1;
   if (n == 0) return *p = NULL, 0;
+  cudaError_t e = 2;
+  pthread_mutex_lock(&mu);
   for (int i = 0; i < MAX_LIVE; i++) {
     if (!live[i]) {
-      if (!(live[i] = aligned_alloc(256, (n + 255) / 256 * 256))) return 2;
-      *p = live[i];
-      return 0;
+      if ((live[i] = aligned_alloc(256, (n + 255) / 256 * 256))) *p = live[i], e = 0;
+      break;
     }
   }
-  return 2;
+  pthread_mutex_unlock(&mu);
+  return e;
 }
 
 static cudaError_t host_free(void *p) {
   if (!p) return 0;
+  cudaError_t e = 1; /* not ours: cudaErrorInvalidValue */
+  pthread_mutex_lock(&mu);
   for (int i = 0; i < MAX_LIVE; i++) {
     if (live[i] == p) {
       free(p);
       live[i] = NULL;
-      return 0;
+      e = 0;
+      break;
     }
   }
-  return 1; /* not ours: cudaErrorInvalidValue */
+  pthread_mutex_unlock(&mu);
+  return e;
 }
 
 API void fake_cudart_set_device(int d) { device = d; }
@@ -53,9 +63,11 @@ API long fake_cudart_calls(const char *kind) {
 }
 /* Whether p is one of the stand-in's live allocations. */
 API int fake_cudart_owns(const void *p) {
-  for (int i = 0; i < MAX_LIVE; i++)
-    if (p && live[i] == p) return 1;
-  return 0;
+  int yes = 0;
+  pthread_mutex_lock(&mu);
+  for (int i = 0; i < MAX_LIVE; i++) yes |= p && live[i] == p;
+  pthread_mutex_unlock(&mu);
+  return yes;
 }
 
 API cudaError_t cudaGetDevice(int *d) {
