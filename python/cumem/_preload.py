@@ -166,6 +166,19 @@ def _shares_core(lib):
         _C.set_current_tag(old)
 
 
+_usable = None
+
+
+def usable():
+    """Whether preload mode works here: the interposer is loaded and shares
+    the core with cumem._C (decided once)."""
+    global _usable
+    if _usable is None:
+        lib = _interposer()
+        _usable = lib is not None and _shares_core(lib)
+    return _usable
+
+
 def require():
     """Raise RuntimeError unless preload mode can work in this process: the
     interposer loaded through LD_PRELOAD, on the same cumem core as the

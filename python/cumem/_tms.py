@@ -14,9 +14,10 @@ region into a cumem allocation; regions allocate from a plain MemPool of
 their own, so their segments are fresh cudaMalloc calls and never mix with
 memory from outside. TMS_INIT_ENABLE=1 (or CUMEM_PRELOAD=1) makes every
 allocation of a preloaded process pausable from its start, under "default".
-Without a choice the mode is "preload" when the interposer is loaded, as
-torch_memory_saver's default is, and "torch" otherwise. Both modes name tags
-alike (below), so pause and resume are the same code.
+Without a choice the mode is "preload" when the interposer is loaded (and
+shares the core with cumem._C), as torch_memory_saver's default is, and
+"torch" otherwise. Both modes name tags alike (below), so pause and resume
+are the same code.
 
 Tags. torch_memory_saver chooses backup per region (enable_cpu_backup), cumem
 chooses it per tag at sleep time. Each (tag, enable_cpu_backup) pair is
@@ -57,7 +58,7 @@ class TorchMemorySaver:
         self._lock = threading.Lock()
         self._retain_cpu_backup = False
         self._memory_margin_bytes = 0
-        self._hook_mode = None  # None: "preload" when the interposer is loaded
+        self._hook_mode = None  # None: "preload" where the interposer is usable
 
     # -- allocation -----------------------------------------------------------
 
@@ -256,7 +257,7 @@ class TorchMemorySaver:
     def hook_mode(self):
         """"torch" or "preload" (see the module's docstring)."""
         if self._hook_mode is None:
-            return "preload" if _preload.loaded() else "torch"
+            return "preload" if _preload.usable() else "torch"
         return self._hook_mode
 
     @hook_mode.setter
