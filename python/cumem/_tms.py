@@ -110,7 +110,11 @@ class TorchMemorySaver:
 
         Preload mode: the capture runs in a region, so the cudaMalloc calls
         of the graph's private pool (or of `pool`) make cumem allocations;
-        PyTorch frees them with cudaFree when the graph's pool goes."""
+        PyTorch frees them with cudaFree when the graph's pool goes.
+
+        Both modes: a graph with NCCL collectives may hang at replay after a
+        pause when NCCL registered its buffers for graphs (tms#88); run such
+        jobs with NCCL_GRAPH_REGISTER=0."""
         import torch
 
         itag = _internal_tag(tag, enable_cpu_backup)
