@@ -90,8 +90,9 @@ int main(int argc, char **argv) {
   CUDA_OK(cudaFree(wrong));
   cumem_stats_t after;
   CUMEM_OK(cumem_stats(cm, info.tag, &after));
-  printf("RESULT {\"cumem\": true, \"tag\": \"%s\", \"bytes\": %zu, \"freed_by_sleep\": %zu, "
+  printf("RESULT {\"cumem\": true, \"tag\": \"%s\", \"bytes\": %zu, \"freed_by_sleep\": %lld, "
          "\"backed_up\": %zu, \"wrong_after_wake\": %llu, \"allocations_after_free\": %zu}\n",
-         info.tag, n * sizeof *buf, free1 - free0, st.bytes_backed_up, bad, after.allocations);
+         info.tag, n * sizeof *buf, (long long)free1 - (long long)free0, st.bytes_backed_up, bad,
+         after.allocations);
   return bad == 0 && after.allocations == 0 ? 0 : 1;
 }
