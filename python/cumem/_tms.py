@@ -266,9 +266,9 @@ class TorchMemorySaver:
 
     @hook_mode.setter
     def hook_mode(self, mode):
-        # Refused now rather than at the first region, as torch_memory_saver
-        # does: "preload" without the interposer would allocate nothing
-        # pausable. Regions already entered keep the mode they began with.
+        # Refused at once (torch_memory_saver refuses at its first use):
+        # "preload" without the interposer would allocate nothing pausable.
+        # Regions already entered keep the mode they began with.
         if mode not in ("torch", "preload"):
             raise ValueError(f"unknown hook_mode {mode!r} (expected 'torch' or 'preload')")
         if mode == "preload":
