@@ -180,6 +180,7 @@ static PyObject *stats_dict(const cumem_stats_t *s) {
   SET_ITEM(d, "bytes_asleep", PyLong_FromSize_t(s->bytes_asleep));
   SET_ITEM(d, "bytes_backed_up", PyLong_FromSize_t(s->bytes_backed_up));
   SET_ITEM(d, "bytes_host_held", PyLong_FromSize_t(s->bytes_host_held));
+  SET_ITEM(d, "bytes_on_disk", PyLong_FromSize_t(s->bytes_on_disk));
   return d;
 }
 
@@ -193,6 +194,7 @@ static PyObject *info_dict(const cumem_alloc_info_t *i) {
   SET_ITEM(d, "asleep", PyBool_FromLong(i->asleep));
   SET_ITEM(d, "backed_up", PyBool_FromLong(i->backed_up));
   SET_ITEM(d, "tag", PyUnicode_FromString(i->tag));
+  SET_ITEM(d, "on_disk", PyBool_FromLong(i->on_disk));
   return d;
 }
 
@@ -245,27 +247,43 @@ static int instance_ok(InstanceObject *self) {
     if (!instance_ok(self)) return NULL; \
   } while (0)
 
+/* A path argument: None (or "") = no path (*out NULL), else str, bytes or
+ * os.PathLike, converted with the filesystem encoding into *holder (a
+ * bytes object the caller releases). */
+static int path_arg(PyObject *obj, PyObject **holder, const char **out) {
+  *holder = NULL;
+  *out = NULL;
+  if (obj == Py_None) return 0;
+  if (!PyUnicode_FSConverter(obj, holder)) return -1;
+  const char *p = PyBytes_AS_STRING(*holder);
+  *out = *p ? p : NULL;
+  return 0;
+}
+
 /* Instance(backend=None, *, chunk_size=None, zero_on_wake=None,
  *          retain_backup=None, copy_chunk=None, host_threads=None,
- *          verbose=None, fault=False)
+ *          verbose=None, fault=False, disk_dir=None)
  * Opens a private instance. Options left None keep cumem_options_init's
  * value (the defaults, then the CUMEM_* environment). fault=True wraps the
- * backend in the fault-injecting one (for tests; see fault_arm). */
+ * backend in the fault-injecting one (for tests; see fault_arm). disk_dir
+ * (a path) is where tags with backup="disk" sleep; None keeps
+ * CUMEM_DISK_DIR. */
 static int Instance_init(InstanceObject *self, PyObject *args, PyObject *kw) {
   static char *kwlist[] = {"backend",      "chunk_size", "zero_on_wake",
                            "retain_backup", "copy_chunk", "host_threads",
-                           "verbose",      "fault",      NULL};
+                           "verbose",      "fault",      "disk_dir",
+                           NULL};
   PyObject *backend = Py_None, *chunk = Py_None, *zero = Py_None,
            *retain = Py_None, *copy = Py_None, *threads = Py_None,
-           *verbose = Py_None;
+           *verbose = Py_None, *disk_dir = Py_None, *disk_dir_bytes = NULL;
   int fault = 0;
   if (self->cm) {
     PyErr_SetString(PyExc_RuntimeError, "Instance is already open");
     return -1;
   }
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O$OOOOOOp", kwlist, &backend,
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O$OOOOOOpO", kwlist, &backend,
                                    &chunk, &zero, &retain, &copy, &threads,
-                                   &verbose, &fault))
+                                   &verbose, &fault, &disk_dir))
     return -1;
 
   cumem_options_t opts;
@@ -300,6 +318,9 @@ static int Instance_init(InstanceObject *self, PyObject *args, PyObject *kw) {
   OPT_INT(verbose, verbose)
 #undef OPT_SIZE
 #undef OPT_INT
+  if (disk_dir != Py_None) {
+    if (path_arg(disk_dir, &disk_dir_bytes, &opts.disk_dir) < 0) return -1;
+  }
 
   int rc;
   cumem_t *cm = NULL;
@@ -312,6 +333,7 @@ static int Instance_init(InstanceObject *self, PyObject *args, PyObject *kw) {
     if (rc != CUMEM_OK && inner) inner->destroy(inner);
     if (rc == CUMEM_OK) rc = cumem_open_backend(&cm, &opts, outer);
     Py_END_ALLOW_THREADS
+    Py_CLEAR(disk_dir_bytes); /* the instance keeps its own copy */
     if (rc != CUMEM_OK) {
       raise_cumem(rc, "cumem_open_backend");
       return -1;
@@ -321,6 +343,7 @@ static int Instance_init(InstanceObject *self, PyObject *args, PyObject *kw) {
     Py_BEGIN_ALLOW_THREADS
     rc = cumem_open(&cm, &opts);
     Py_END_ALLOW_THREADS
+    Py_CLEAR(disk_dir_bytes);
     if (rc != CUMEM_OK) {
       raise_cumem(rc, "cumem_open");
       return -1;
@@ -439,6 +462,33 @@ static PyObject *Instance_sleep(InstanceObject *self, PyObject *args,
   taglist_clear(&off);
   if (rc != CUMEM_OK) return raise_cumem(rc, "cumem_sleep");
   Py_RETURN_NONE;
+}
+
+/* set_disk_dir(path): where tags with backup="disk" sleep from now on; None
+ * or "" = nowhere. Checked first (CumemError EINVAL saying why). */
+static PyObject *Instance_set_disk_dir(InstanceObject *self, PyObject *arg) {
+  PyObject *holder;
+  const char *path;
+  CHECK_OPEN(self);
+  if (path_arg(arg, &holder, &path) < 0) return NULL;
+  int rc;
+  Py_BEGIN_ALLOW_THREADS
+  rc = cumem_set_disk_dir(self->cm, path);
+  Py_END_ALLOW_THREADS
+  Py_XDECREF(holder);
+  if (rc != CUMEM_OK) return raise_cumem(rc, "cumem_set_disk_dir");
+  Py_RETURN_NONE;
+}
+
+/* The disk_dir (an absolute path) or None. */
+static PyObject *Instance_get_disk_dir(InstanceObject *self, void *closure) {
+  (void)closure;
+  CHECK_OPEN(self);
+  char buf[4097];
+  int rc = cumem_get_disk_dir(self->cm, buf, sizeof buf);
+  if (rc != CUMEM_OK) return raise_cumem(rc, "cumem_get_disk_dir");
+  if (!buf[0]) Py_RETURN_NONE;
+  return PyUnicode_DecodeFSDefault(buf);
 }
 
 /* One tag-list argument, GIL released: wake, prepare_backup, release_backup. */
@@ -830,6 +880,9 @@ static PyMethodDef Instance_methods[] = {
      "prepare_ahead=None): per-tag choices (None keeps the current value)"},
     {"tag_options", (PyCFunction)Instance_tag_options, METH_O,
      "tag_options(tag) -> dict of the tag's choices"},
+    {"set_disk_dir", (PyCFunction)Instance_set_disk_dir, METH_O,
+     "set_disk_dir(path): where tags with backup=\"disk\" sleep; None = "
+     "nowhere"},
     {"stats", (PyCFunction)(void (*)(void))Instance_stats,
      METH_VARARGS | METH_KEYWORDS, "stats(tag=None) -> dict"},
     {"tags", (PyCFunction)Instance_tags, METH_NOARGS,
@@ -858,6 +911,8 @@ static PyGetSetDef Instance_getset[] = {
     {"backend", (getter)Instance_get_backend, NULL,
      "the backend's name: \"cuda\" or \"host\"", NULL},
     {"closed", (getter)Instance_get_closed, NULL, "True after close()", NULL},
+    {"disk_dir", (getter)Instance_get_disk_dir, NULL,
+     "where tags with backup=\"disk\" sleep (absolute path), or None", NULL},
     {NULL, NULL, NULL, NULL, NULL}};
 
 static PyTypeObject InstanceType = {
@@ -868,7 +923,7 @@ static PyTypeObject InstanceType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Instance(backend=None, *, chunk_size=None, zero_on_wake=None, "
               "retain_backup=None, copy_chunk=None, host_threads=None, "
-              "verbose=None, fault=False)\n\n"
+              "verbose=None, fault=False, disk_dir=None)\n\n"
               "One cumem instance (cumem_open). Use cumem.default() for the "
               "process-wide instance that PyTorch allocations go to.",
     .tp_methods = Instance_methods,
