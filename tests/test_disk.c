@@ -208,9 +208,10 @@ TEST(round_trip_on_tmpfs) {
   remove_dir(d);
 }
 
-/* Where the filesystem has no O_TMPFILE: a named file, unlinked at once. */
-TEST(round_trip_without_o_tmpfile) {
-  hook_t h = {.force_op = "tmpfile", .force_err = EOPNOTSUPP};
+/* A round trip with one file operation always failing with err, as on a
+ * filesystem that does not support it. */
+static void round_trip_forcing(const char *op, int err) {
+  hook_t h = {.force_op = op, .force_err = err};
   cumem_fault_disk(hook_fn, &h);
   char d[256];
   round_trip_in(new_dir(NULL, d));
@@ -218,15 +219,10 @@ TEST(round_trip_without_o_tmpfile) {
   remove_dir(d);
 }
 
+/* Where the filesystem has no O_TMPFILE: a named file, unlinked at once. */
+TEST(round_trip_without_o_tmpfile) { round_trip_forcing("tmpfile", EOPNOTSUPP); }
 /* Where the filesystem refuses O_DIRECT: through the page cache. */
-TEST(round_trip_without_o_direct) {
-  hook_t h = {.force_op = "direct", .force_err = EINVAL};
-  cumem_fault_disk(hook_fn, &h);
-  char d[256];
-  round_trip_in(new_dir(NULL, d));
-  cumem_fault_disk(NULL, NULL);
-  remove_dir(d);
-}
+TEST(round_trip_without_o_direct) { round_trip_forcing("direct", EINVAL); }
 
 /* ---- the directory ------------------------------------------------------------ */
 
