@@ -205,7 +205,7 @@ int main(int argc, char **argv) {
   if (!ptrs || !h) return 1;
   for (size_t a = 0; a < nalloc; a++)
     if ((rc = cumem_alloc(cm, &ptrs[a], asize, 0, "disk"))) die("cumem_alloc", rc);
-  printf("tier (backend %s, staging 4 x %zu MiB):\n", cumem_backend_name(cm), o.copy_chunk / MiB);
+  printf("tier (backend %s):\n", cumem_backend_name(cm));
   const char *tags[] = {"disk", NULL};
   int ok = 1;
   double best_sleep = 0, best_wake = 0;

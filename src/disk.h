@@ -9,11 +9,14 @@
 
 #include "internal.h"
 
+#include <stdatomic.h>
+
 /* One allocation's backup file. All zero = no file. */
 typedef struct diskfile {
   int fd;
   int open;    /* fd is open and ours */
-  int direct;  /* fd does O_DIRECT I/O (no page cache) */
+  atomic_int direct; /* fd does O_DIRECT I/O (no page cache); dropped by
+                        whichever I/O thread finds it refused */
   int filled;  /* holds the content saved by the last sleep */
   size_t size; /* content bytes */
 } diskfile_t;

@@ -11,6 +11,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -113,15 +114,20 @@ typedef struct hook {
   int force_err;
 } hook_t;
 
+/* (Called from the tier's I/O threads too, hence the lock.) */
+static pthread_mutex_t hook_mu = PTHREAD_MUTEX_INITIALIZER;
+
 static int hook_fn(const char *op, void *arg) {
   hook_t *h = arg;
   if (h->force_op && !strcmp(op, h->force_op)) return h->force_err;
   if (h->op && strcmp(op, h->op)) return 0;
+  pthread_mutex_lock(&hook_mu);
   long k = ++h->seen;
-  if (!h->nth || (k != h->nth && !(h->persistent && k > h->nth))) return 0;
-  if (h->kill) raise(SIGKILL);
-  h->injected++;
-  return h->err;
+  int hit = h->nth && (k == h->nth || (h->persistent && k > h->nth));
+  if (hit) h->injected++;
+  pthread_mutex_unlock(&hook_mu);
+  if (hit && h->kill) raise(SIGKILL);
+  return hit ? h->err : 0;
 }
 
 /* ---- bit-exact round trips -------------------------------------------------- */
