@@ -163,12 +163,12 @@ static void round_trip_in(const char *dir) {
     if (!strcmp(tags[i], "disk")) disk_bytes += info.size;
     if (!strcmp(tags[i], "host")) host_bytes += info.size;
   }
-  int fds_awake = open_fds_of(cm);
+  int fds_awake = -1; /* counted after the first cycle (see world_open) */
   for (unsigned cycle = 0; cycle < 3; cycle++) {
     for (int i = 0; i < N; i++) CHECK_OK(fill_pattern(cm, p[i], sizes[i], 100 * cycle + (unsigned)i));
     CHECK_OK(cumem_sleep(cm, NULL, DISK_AND_HOST));
     CHECK(entries(dir) == 0);             /* the files have no name */
-    CHECK(open_fds_of(cm) == fds_awake + 4);   /* one per disk allocation */
+    if (cycle) CHECK(open_fds_of(cm) == fds_awake + 4); /* one per disk allocation */
     cumem_stats_t s, sd;
     CHECK_OK(cumem_stats(cm, NULL, &s));
     CHECK_OK(cumem_stats(cm, "disk", &sd));
@@ -186,7 +186,8 @@ static void round_trip_in(const char *dir) {
     size_t len;
     CHECK_RC(cumem_backup_view(cm, p[0], &view, &len), CUMEM_ENOTFOUND); /* no host copy */
     CHECK_OK(cumem_wake(cm, NULL));
-    CHECK(open_fds_of(cm) == fds_awake); /* every file gone */
+    if (cycle) CHECK(open_fds_of(cm) == fds_awake); /* every file gone */
+    else fds_awake = open_fds_of(cm);
     CHECK_OK(cumem_stats(cm, NULL, &s));
     CHECK(s.bytes_on_disk == 0 && s.bytes_backed_up == 0);
     for (int i = 0; i < N - 1; i++) CHECK(has_pattern(cm, p[i], sizes[i], 100 * cycle + (unsigned)i));
@@ -321,22 +322,35 @@ typedef struct world {
 
 static const char *WORLD_TAGS[4] = {"disk", "disk", "host", "kv"};
 
-static int world_open(world_t *w, int chunked) {
+/* The world: its own directory, pieces of one granule, backing in chunks of
+ * two when `chunked`; *fault (when not NULL) receives the fault backend. */
+static int world_open(world_t *w, int chunked, cumem_backend_t **fault) {
   memset(w, 0, sizeof *w);
   if (!new_dir(NULL, w->dir)[0]) return CUMEM_EINVAL;
   cumem_t *probe = open_on(NULL, 0, 0);
   if (!probe) return CUMEM_EINVAL;
   w->g = granularity_of(probe);
   cumem_close(probe);
-  w->cm = open_on(w->dir, chunked ? 2 * w->g : 0, w->g);
-  if (!w->cm) return CUMEM_EINVAL;
+  cumem_options_t o;
+  cumem_options_init(&o);
+  o.disk_dir = w->dir;
+  o.chunk_size = chunked ? 2 * w->g : 0;
+  o.copy_chunk = w->g;
+  int rc = test_open(&w->cm, fault, &o);
+  if (rc) return rc;
   size_t sizes[4] = {w->g, 6 * w->g + 99, 3 * w->g, 2 * w->g};
-  int rc = set_backup(w->cm, "disk", CUMEM_BACKUP_DISK);
+  rc = set_backup(w->cm, "disk", CUMEM_BACKUP_DISK);
   for (int i = 0; !rc && i < 4; i++) {
     w->n[i] = sizes[i];
     rc = cumem_alloc(w->cm, &w->p[i], sizes[i], 0, WORLD_TAGS[i]);
-    if (!rc) rc = fill_pattern(w->cm, w->p[i], sizes[i], 40u + (unsigned)i);
   }
+  /* One cycle first: a driver may open descriptors for its first streams
+   * and events, and counts taken after it are the tier's alone. The host
+   * backup it pinned is given back: each test starts cold. */
+  if (!rc) rc = cumem_sleep(w->cm, NULL, DISK_AND_HOST);
+  if (!rc) rc = cumem_wake(w->cm, NULL);
+  if (!rc) rc = cumem_release_backup(w->cm, NULL);
+  for (int i = 0; !rc && i < 4; i++) rc = fill_pattern(w->cm, w->p[i], w->n[i], 40u + (unsigned)i);
   return rc;
 }
 
@@ -389,7 +403,7 @@ static int sleep_under_file_size_limit(world_t *w, rlim_t limit) {
 
 static void full_disk(int reserve_space) {
   world_t w;
-  CHECK_OK(world_open(&w, 1));
+  CHECK_OK(world_open(&w, 1, NULL));
   /* reserve_space = 0: as on a filesystem without fallocate, where the
    * writes themselves find the limit, after the first pieces went out. */
   hook_t h = {.force_op = reserve_space ? NULL : "allocate", .force_err = EOPNOTSUPP};
@@ -430,7 +444,7 @@ TEST(disk_errors_map_to_codes) {
   };
   for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
     world_t w;
-    CHECK_OK(world_open(&w, 0));
+    CHECK_OK(world_open(&w, 0, NULL));
     hook_t h = {.op = cases[c].op, .nth = 2, .err = cases[c].err};
     cumem_fault_disk(hook_fn, &h);
     int rc = cumem_sleep(w.cm, NULL, DISK_AND_HOST);
@@ -459,27 +473,7 @@ static void sweep(int wake, enum what what, int persistent) {
   for (long k = 1; k < 5000 && !reached_end; k++) {
     world_t w;
     cumem_backend_t *fault = NULL;
-    memset(&w, 0, sizeof w);
-    CHECK(new_dir(NULL, w.dir)[0]);
-    {
-      cumem_t *probe = open_on(NULL, 0, 0);
-      CHECK(probe);
-      w.g = granularity_of(probe);
-      cumem_close(probe);
-      cumem_options_t o;
-      cumem_options_init(&o);
-      o.disk_dir = w.dir;
-      o.chunk_size = 2 * w.g;
-      o.copy_chunk = w.g;
-      CHECK_OK(test_open(&w.cm, &fault, &o));
-      size_t sizes[4] = {w.g, 6 * w.g + 99, 3 * w.g, 2 * w.g};
-      CHECK_OK(set_backup(w.cm, "disk", CUMEM_BACKUP_DISK));
-      for (int i = 0; i < 4; i++) {
-        w.n[i] = sizes[i];
-        CHECK_OK(cumem_alloc(w.cm, &w.p[i], sizes[i], 0, WORLD_TAGS[i]));
-        CHECK_OK(fill_pattern(w.cm, w.p[i], sizes[i], 40u + (unsigned)i));
-      }
-    }
+    CHECK_OK(world_open(&w, 1, &fault));
     if (wake) CHECK_OK(cumem_sleep(w.cm, NULL, DISK_AND_HOST));
     int fds = open_fds_of(w.cm);
     hook_t h = {.nth = k, .err = EIO, .persistent = persistent};
@@ -523,7 +517,7 @@ TEST(every_file_failure_during_disk_wake) { sweep(1, FILES, 0); }
 TEST(files_go_on_free_and_close) {
   world_t w;
   int base = open_fds_all();
-  CHECK_OK(world_open(&w, 0));
+  CHECK_OK(world_open(&w, 0, NULL));
   int fds = open_fds_of(w.cm);
   CHECK_OK(cumem_sleep(w.cm, NULL, DISK_AND_HOST));
   CHECK(open_fds_of(w.cm) == fds + 2);
@@ -549,8 +543,10 @@ TEST(disk_sleep_holds_no_host_copy) {
   CHECK_OK(set_backup(cm, "disk", CUMEM_BACKUP_DISK));
   void *p;
   CHECK_OK(cumem_alloc(cm, &p, n, 0, "disk"));
-  CHECK_OK(fill_pattern(cm, p, n, 5));
   const char *DISK[] = {"disk", NULL};
+  CHECK_OK(cumem_sleep(cm, DISK, DISK)); /* a first cycle: what a driver sets up once */
+  CHECK_OK(cumem_wake(cm, NULL));
+  CHECK_OK(fill_pattern(cm, p, n, 5));
   size_t before = rss_bytes();
   CHECK_OK(cumem_sleep(cm, DISK, DISK));
   size_t after = rss_bytes();
