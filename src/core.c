@@ -151,7 +151,8 @@ int cumem_open_backend(cumem_t **out, const cumem_options_t *opts, cumem_backend
   if (!rc && cm->ndevices <= 0)
     rc = CUMEM_FAIL(CUMEM_ENODRIVER, "backend %s has no device", backend->name);
   if (!rc && cm->ndevices > CUMEM_MAX_DEVICES) cm->ndevices = CUMEM_MAX_DEVICES;
-  if (!rc && cm->opts.disk_dir && *cm->opts.disk_dir) rc = cumem__disk_dir_check(cm->opts.disk_dir, &cm->disk_dir);
+  if (!rc && cm->opts.disk_dir && *cm->opts.disk_dir)
+    rc = cumem__disk_dir_check(cm->opts.disk_dir, &cm->disk_dir);
   if (cm) cm->opts.disk_dir = NULL; /* the caller's string; the instance's own copy is cm->disk_dir */
   for (int d = 0; !rc && d < cm->ndevices; d++) {
     rc = backend->device_info(backend, d, &cm->devices[d].info);

@@ -52,6 +52,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
@@ -545,6 +546,13 @@ static int stager_run(cumem_t *cm, alloc_t **list, size_t n, const unsigned char
 
 /* ---- the engine's hooks ---------------------------------------------------- */
 
+/* A detail without its "file.c:line: " (when it is to be wrapped). */
+static const char *without_location(const char *detail) {
+  const char *c = strstr(detail, ".c:");
+  const char *sep = c ? strstr(c, ": ") : NULL;
+  return sep && (size_t)(sep - detail) < 40 ? sep + 2 : detail;
+}
+
 int cumem__disk_sleep(cumem_t *cm, alloc_t **list, size_t n, unsigned char *copy) {
   unsigned char *mine = calloc(n ? n : 1, 1);
   if (!mine) return CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory");
@@ -577,7 +585,15 @@ int cumem__disk_sleep(cumem_t *cm, alloc_t **list, size_t n, unsigned char *copy
   double t1 = cumem__now();
   /* 2. Through the staging buffers. */
   if (!rc) rc = stager_run(cm, list, n, mine, largest, 1);
-  /* 3. All written, or none kept. */
+  /* 3. All written, or none kept. A full disk says how much was needed. */
+  if (rc == CUMEM_ENOSPC) {
+    char why[512];
+    struct statvfs vfs;
+    snprintf(why, sizeof why, "%s", without_location(cumem_last_error()));
+    unsigned long long avail = statvfs(cm->disk_dir, &vfs) == 0 ? (unsigned long long)vfs.f_bavail * vfs.f_frsize : 0;
+    rc = CUMEM_FAIL(CUMEM_ENOSPC, "%s; this sleep needs %zu bytes under %s for %zu disk backups, %llu are free; "
+                    "nothing was released", why, bytes, cm->disk_dir, count, avail);
+  }
   size_t direct = 0;
   for (size_t i = 0; i < n; i++) {
     alloc_t *a = list[i];

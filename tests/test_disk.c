@@ -416,6 +416,8 @@ static void full_disk(int reserve_space) {
   char bytes[32];
   snprintf(bytes, sizeof bytes, "%zu bytes", (6 * w.g + 99 + w.g - 1) / w.g * w.g);
   CHECK(strstr(cumem_last_error(), bytes) != NULL); /* how much */
+  snprintf(bytes, sizeof bytes, "needs %zu bytes", 8 * w.g); /* for the whole sleep */
+  CHECK(strstr(cumem_last_error(), bytes) && strstr(cumem_last_error(), "nothing was released"));
   /* Nothing of the call slept, whatever its tag; nothing is left on disk. */
   CHECK(world_awake_and_intact(&w));
   cumem_stats_t s;
