@@ -1,10 +1,12 @@
 /*
  * cumem._C — the CPython binding of the cumem core (include/cumem.h).
  *
- * This extension is compiled together with the core sources (src/), so the
- * same shared object also exports the PyTorch entry points cumem_torch_malloc
- * and cumem_torch_free: CUDAPluggableAllocator(_C.__file__, ...) loads them
- * from here and they share this module's process-wide default instance.
+ * The core is not compiled in: this extension links libcumem.so.0, found
+ * beside it through an $ORIGIN rpath, the one copy of the core in the process
+ * that cumem.cumem_allocator and the LD_PRELOAD interposer link too. That
+ * library also exports the PyTorch entry points cumem_torch_malloc and
+ * cumem_torch_free: CUDAPluggableAllocator(_C.LIBRARY, ...) loads them from
+ * there, and they share this module's process-wide default instance.
  *
  * What is here: error translation (CumemError), tag lists, the Instance type
  * (one cumem_t), and a few module functions (current tag, last error). All
@@ -21,6 +23,7 @@
 #include "cumem_backend.h"
 #include "cumem_testing.h" /* Instance(fault=True), for tests */
 
+#include <dlfcn.h>
 #include <limits.h>
 #include <stdint.h>
 #include <string.h>
@@ -999,7 +1002,16 @@ PyMODINIT_FUNC PyInit__C(void) {
   if (PyModule_AddObject(m, "CumemOutOfMemoryError", CumemOOMError) < 0)
     goto fail;
 
-  if (PyModule_AddStringConstant(m, "VERSION", cumem_version()) < 0 ||
+  /* LIBRARY: the file the core was loaded from (libcumem.so.0), as the
+   * dynamic loader resolved it; PyTorch loads the entry points from it. */
+  Dl_info core;
+  if (!dladdr((void *)cumem_version, &core) || !core.dli_fname) {
+    PyErr_SetString(PyExc_ImportError,
+                    "cumem._C: cannot tell which file holds the cumem core");
+    goto fail;
+  }
+  if (PyModule_AddStringConstant(m, "LIBRARY", core.dli_fname) < 0 ||
+      PyModule_AddStringConstant(m, "VERSION", cumem_version()) < 0 ||
       PyModule_AddIntConstant(m, "TAG_MAX", CUMEM_TAG_MAX) < 0 ||
       PyModule_AddIntConstant(m, "OK", CUMEM_OK) < 0)
     goto fail;

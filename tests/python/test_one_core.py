@@ -1,0 +1,143 @@
+"""One cumem core per process. cumem._C, cumem.cumem_allocator (and the
+LD_PRELOAD interposer) link libcumem.so.0, the only copy of the core: the
+native API, PyTorch's entry points and the seed ABI allocate in one instance
+and cumem.stats() counts them all, while each API still sleeps only what it
+allocated unless asked for more. (The same through PyTorch on a GPU:
+test_gpu_one_core.py.)"""
+
+import ctypes
+import os
+import subprocess
+import sys
+
+MiB = 1 << 20
+
+
+def mapped_files():
+    """The files mapped into this process (/proc/self/maps), real paths."""
+    paths = set()
+    with open("/proc/self/maps") as f:
+        for line in f:
+            if "/" in line:
+                paths.add(os.path.realpath(line[line.index("/") :].strip()))
+    return paths
+
+
+def symbol_address(library, name):
+    return ctypes.cast(getattr(ctypes.CDLL(library), name), ctypes.c_void_p).value
+
+
+def test_both_extensions_resolve_the_same_libcumem():
+    from cumem import _C, cumem_allocator
+
+    core = os.path.realpath(_C.LIBRARY)
+    assert os.path.basename(core) == "libcumem.so.0"
+    # Installed beside the extensions, which find it through $ORIGIN.
+    assert os.path.dirname(core) == os.path.dirname(os.path.realpath(_C.__file__))
+    assert os.path.dirname(core) == os.path.dirname(os.path.realpath(cumem_allocator.__file__))
+    # The process maps one libcumem, that one.
+    assert {p for p in mapped_files() if os.path.basename(p).startswith("libcumem.so")} == {core}
+    # Each extension's view of the core's symbols (dlsym searches the object
+    # first, then what it links) is the library's: neither holds a copy.
+    for name in ("cumem_version", "cumem_default", "cumem_alloc", "cumem_torch_malloc"):
+        at = symbol_address(core, name)
+        assert symbol_address(_C.__file__, name) == at, name
+        assert symbol_address(cumem_allocator.__file__, name) == at, name
+
+
+def test_core_internals_stay_hidden():
+    """libcumem.so.0 exports the API, not the core's cumem__ internals."""
+    from cumem import _C
+
+    lib = ctypes.CDLL(_C.LIBRARY)
+    assert lib.cumem_alloc
+    for internal in ("cumem__enter", "cumem__table_find"):
+        assert not hasattr(lib, internal), internal
+
+
+def test_every_api_in_one_process_reads_one_set_of_figures():
+    """A fresh process on the host backend, so the figures are only what it
+    allocates here."""
+    env = dict(os.environ, CUMEM_BACKEND="host")
+    r = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "one core: every API in one instance" in r.stdout
+
+
+# ---- the probe, run in its own process ----------------------------------------
+
+
+def probe():
+    import cumem
+    from cumem import _C
+    from cumem import cumem_allocator as seed
+
+    assert cumem.backend() == "host"
+
+    def size(p):
+        return cumem.query(p)["size"]
+
+    # 1. The native API.
+    native = cumem.alloc(3 * MiB, tag="native")
+    cumem.copy_to_device(native, b"N" * (3 * MiB))
+
+    # 2. PyTorch's entry points (what pool(), CuMemAllocator and
+    #    torch_memory_saver allocate through), from the library PyTorch loads.
+    lib = ctypes.CDLL(_C.LIBRARY)
+    lib.cumem_torch_malloc.restype = ctypes.c_void_p
+    lib.cumem_torch_malloc.argtypes = [ctypes.c_ssize_t, ctypes.c_int, ctypes.c_void_p]
+    lib.cumem_torch_free.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int, ctypes.c_void_p]
+    with cumem.using_tag("torch"):
+        torch_block = lib.cumem_torch_malloc(5 * MiB, 0, None)
+    assert torch_block
+
+    # 3. The seed ABI (vLLM's extension), as PyTorch and vLLM drive it.
+    handles = {}
+    seed.init_module(lambda h: handles.__setitem__(h[2], h), lambda p: handles.pop(p))
+    abi = ctypes.CDLL(seed.__file__)
+    abi.my_malloc.restype = ctypes.c_void_p
+    abi.my_malloc.argtypes = [ctypes.c_ssize_t, ctypes.c_int, ctypes.c_void_p]
+    abi.my_free.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int, ctypes.c_void_p]
+    seed_block = abi.my_malloc(7 * MiB, 0, None)
+    assert seed_block and seed_block in handles
+    ctypes.memset(seed_block, ord("S"), 7 * MiB)
+
+    # One set of figures: the default instance holds all three.
+    blocks = {"native": native, "torch": torch_block, "seed:default": seed_block}
+    total = cumem.stats()
+    assert total["allocations"] == 3, total
+    assert total["bytes_allocated"] == sum(size(p) for p in blocks.values())
+    by_tag = cumem.stats_by_tag()
+    for tag, p in blocks.items():
+        assert by_tag[tag]["allocations"] == 1 and by_tag[tag]["bytes_allocated"] == size(p), (tag, by_tag)
+    assert seed._live_allocations() == 1  # the seed module counts its own only
+
+    def asleep():
+        return {tag: cumem.stats(tag)["bytes_asleep"] for tag in blocks}
+
+    # Each API sleeps only what it allocated.
+    seed.python_unmap_and_release(*handles[seed_block])  # vLLM's sleep
+    assert asleep() == {"native": 0, "torch": 0, "seed:default": size(seed_block)}
+    cumem.sleep("native", offload_tags="native")  # the native API, one tag
+    assert asleep() == {"native": size(native), "torch": 0, "seed:default": size(seed_block)}
+    cumem.wake("native")
+    seed.python_create_and_map(*handles[seed_block])
+    assert asleep() == {"native": 0, "torch": 0, "seed:default": 0}
+    assert cumem.copy_to_host(native, 3 * MiB) == b"N" * (3 * MiB)
+
+    # Unless asked for more: every tag.
+    cumem.sleep(None, offload_tags=None)
+    assert cumem.stats()["bytes_asleep"] == total["bytes_allocated"]
+    cumem.wake()
+    assert cumem.stats()["bytes_asleep"] == 0
+
+    # Freed through each API, the one instance is empty.
+    abi.my_free(seed_block, 7 * MiB, 0, None)
+    lib.cumem_torch_free(torch_block, 5 * MiB, 0, None)
+    cumem.free(native)
+    assert not handles and cumem.stats()["allocations"] == 0
+    print("one core: every API in one instance")
+
+
+if __name__ == "__main__":
+    probe()
