@@ -158,6 +158,22 @@ def test_wheel_from_the_sdist_installs_the_command(unpacked_sdist, tmp_path):
     assert script.is_file(), "the console script was not installed"
     check_package(str(target), [str(script)])
 
+    if "cumem/libcumem_preload.so" in names:
+        # `cumem run` finds the interposer of the installed package, and the
+        # program it runs holds one core: the interposer's libcumem.so.0,
+        # which cumem._C then shares.
+        probe = (
+            "import os, cumem\n"
+            "maps = {l.split()[-1] for l in open('/proc/self/maps') if '/' in l}\n"
+            "libs = sorted(os.path.basename(p) for p in maps if 'libcumem' in p)\n"
+            "assert libs == ['libcumem.so.0', 'libcumem_preload.so'], libs\n"
+            "assert os.path.dirname(cumem._C.LIBRARY) == os.path.dirname(cumem.__file__)\n"
+            "print('preloaded')\n"
+        )
+        env = clean_env(PYTHONPATH=str(target), CUMEM_BACKEND="host")
+        r = run([str(script), "run", "--", sys.executable, "-c", probe], cwd="/", env=env)
+        assert "preloaded" in r.stdout
+
 
 def test_no_wheel_support_is_explained(tmp_path):
     """With setuptools < 70.1 and no `wheel`, pip's metadata and wheel steps
