@@ -39,8 +39,9 @@ static int run_usage(FILE *f) {
 static int is_readable(const char *path) { return access(path, R_OK) == 0; }
 
 /* The interposer: $CUMEM_PRELOAD_LIBRARY, else next to this executable (a
- * CMake build tree) or in ../lib, ../lib64 (an installed prefix). The
- * absolute path goes to *out; the places tried to *tried. */
+ * CMake build tree), one directory up (the Python package: cumem/bin/cumem
+ * beside cumem/libcumem_preload.so) or in ../lib, ../lib64 (an installed
+ * prefix). The absolute path goes to *out; the places tried to *tried. */
 static int find_library(char out[PATH_MAX], char *tried, size_t tried_len) {
   const char *env = getenv("CUMEM_PRELOAD_LIBRARY");
   if (env && *env) {
@@ -56,7 +57,7 @@ static int find_library(char out[PATH_MAX], char *tried, size_t tried_len) {
   exe[n] = '\0';
   char *slash = strrchr(exe, '/');
   if (slash) *slash = '\0';
-  static const char *const dirs[] = {"", "/../lib", "/../lib64"};
+  static const char *const dirs[] = {"", "/..", "/../lib", "/../lib64"};
   tried[0] = '\0';
   for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
     char path[PATH_MAX + 32];
@@ -111,7 +112,7 @@ int cmd_run(int argc, char **argv) {
     return RUN_FAILED;
   }
 
-  char lib[PATH_MAX], tried[3 * PATH_MAX + 64];
+  char lib[PATH_MAX], tried[4 * PATH_MAX + 64];
   if (find_library(lib, tried, sizeof tried)) {
     fprintf(stderr,
             "cumem run: cannot find %s (tried %s).\n"
