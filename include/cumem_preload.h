@@ -23,12 +23,14 @@
  *   CUMEM_PRELOAD=1          every thread starts in a region: everything the
  *                            process allocates is sleepable from its start
  *   CUMEM_PRELOAD_TAG=T      that region's tag (default "default")
- *   CUMEM_PRELOAD_BACKUP=cpu|none   whether that memory is meant to be backed
- *                            up at sleep (default none); see the tag names
- *   TMS_INIT_ENABLE, TMS_INIT_ENABLE_CPU_BACKUP   torch_memory_saver's names
- *                            for the same switch (CUMEM_* win when both are
- *                            set); TMS_INIT_ENABLE_DISK_BACKUP=1 is taken as
- *                            CPU backup (the content is kept, in host memory)
+ *   CUMEM_PRELOAD_BACKUP=cpu|disk|none   where that memory's content goes at
+ *                            sleep: host memory, files, nowhere (default
+ *                            none); see the tag names. Disk backups go under
+ *                            the core's disk_dir (CUMEM_DISK_DIR), else under
+ *                            TMS_DISK_BACKUP_DIR (created if missing)
+ *   TMS_INIT_ENABLE, TMS_INIT_ENABLE_CPU_BACKUP, TMS_INIT_ENABLE_DISK_BACKUP
+ *                            torch_memory_saver's names for the same switch
+ *                            (CUMEM_* win when both are set)
  *   CUMEM_PRELOAD_TRACE=1    count every interposed call and print the counts
  *                            to stderr at exit (cumem_preload_count reads
  *                            them at any time, traced or not)
@@ -36,8 +38,10 @@
  *
  * Tag names. The switch's allocations are tagged the way torch_memory_saver's
  * regions are in cumem (python/cumem/_tms.py): "tms:<T>" without backup,
- * "tms+cpu:<T>" with, so torch_memory_saver.pause(T) in Python finds them and
- * a C program sleeps them with, e.g.,
+ * "tms+cpu:<T>" with a CPU backup, "tms+disk:<T>" with a disk backup (the
+ * interposer gives such a tag the option backup = CUMEM_BACKUP_DISK), so
+ * torch_memory_saver.pause(T) in Python finds them and a C program sleeps
+ * them with, e.g.,
  *     const char *offload[] = {"tms+cpu:default", NULL};
  *     cumem_sleep(cm, NULL, offload);
  * Regions begun through this API take their tag verbatim.
@@ -65,8 +69,10 @@ extern "C" {
 /* The tag prefixes of the environment switch (see "Tag names"). */
 #define CUMEM_PRELOAD_TAG_PLAIN "tms:"
 #define CUMEM_PRELOAD_TAG_CPU "tms+cpu:"
-/* The longest tag CUMEM_PRELOAD_TAG may name (the prefix must fit too). */
-#define CUMEM_PRELOAD_USER_TAG_MAX (CUMEM_TAG_MAX - (int)sizeof(CUMEM_PRELOAD_TAG_CPU) + 1)
+#define CUMEM_PRELOAD_TAG_DISK "tms+disk:"
+/* The longest tag CUMEM_PRELOAD_TAG may name (the longest prefix must fit
+ * too). */
+#define CUMEM_PRELOAD_USER_TAG_MAX (CUMEM_TAG_MAX - (int)sizeof(CUMEM_PRELOAD_TAG_DISK) + 1)
 
 /* A thread's region: whether its allocations become cumem allocations, and
  * under which cumem tag. */

@@ -12,7 +12,12 @@
  * building the interposer needs no toolkit. */
 #include "preload.h"
 
+#include <errno.h>
+#include <limits.h>
 #include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 
 typedef int cudaError_t;             /* enum cudaError: int-sized */
 typedef int CUresult;                /* enum cudaError_enum */
@@ -74,12 +79,35 @@ static int driver_device(int *dev) {
   return 0;
 }
 
+/* A "tms+disk:" tag backs up to files: give it that option (once set, it
+ * stays), and the instance a directory from TMS_DISK_BACKUP_DIR when it has
+ * none (torch_memory_saver's variable; CUMEM_DISK_DIR is the core's own). */
+static int prepare_disk_tag(cumem_t *cm, const char *tag) {
+  if (strncmp(tag, CUMEM_PRELOAD_TAG_DISK, sizeof CUMEM_PRELOAD_TAG_DISK - 1) != 0) return 0;
+  cumem_tag_options_t o;
+  if (cumem_tag_get_options(cm, tag, &o) != 0) cumem_tag_options_init(&o); /* a new tag */
+  else if (o.backup == CUMEM_BACKUP_DISK) return 0;
+  o.backup = CUMEM_BACKUP_DISK;
+  char dir[PATH_MAX];
+  const char *tms_dir = getenv("TMS_DISK_BACKUP_DIR");
+  int rc = 0;
+  if (tms_dir && *tms_dir && cumem_get_disk_dir(cm, dir, sizeof dir) == 0 && !dir[0]) {
+    if (mkdir(tms_dir, 0700) != 0 && errno != EEXIST)
+      return CUMEM_FAIL(CUMEM_EINVAL, "cumem preload: TMS_DISK_BACKUP_DIR=%s: mkdir: %s", tms_dir,
+                        strerror(errno));
+    rc = cumem_set_disk_dir(cm, tms_dir);
+  }
+  return rc ? rc : cumem_tag_set_options(cm, tag, &o);
+}
+
 /* A cumem allocation of `size` bytes on `device` under the thread's region
  * tag, remembered as the interposer's. */
 static int region_alloc(void **out, size_t size, int device) {
+  const char *tag = cumem__preload_region()->tag;
   cumem_t *cm = NULL;
   int rc = cumem_default(&cm);
-  if (!rc) rc = cumem_alloc(cm, out, size, device, cumem__preload_region()->tag);
+  if (!rc) rc = prepare_disk_tag(cm, tag);
+  if (!rc) rc = cumem_alloc(cm, out, size, device, tag);
   if (!rc && cumem__preload_owned_add((uintptr_t)*out)) {
     (void)cumem_free(cm, *out); /* a fresh allocation: nothing uses it yet */
     rc = CUMEM_FAIL(CUMEM_ENOHOST, "cumem preload: out of host memory to record %p (given back)", *out);

@@ -40,7 +40,7 @@ static int env_bool(const char *name, int *out) {
 }
 
 /* The switch: CUMEM_PRELOAD[_TAG|_BACKUP], or torch_memory_saver's TMS_INIT_*
- * names where cumem's are unset. */
+ * names where cumem's are unset. The tag's prefix says its backup. */
 static void read_environment(void) {
   int enable = 0, cpu = 0, disk = 0;
   int rc = env_bool("CUMEM_PRELOAD", &enable);
@@ -50,19 +50,19 @@ static void read_environment(void) {
   const char *backup = getenv("CUMEM_PRELOAD_BACKUP");
   if (backup && *backup) {
     if (!strcasecmp(backup, "cpu")) cpu = 1;
+    else if (!strcasecmp(backup, "disk")) disk = 1;
     else if (strcasecmp(backup, "none")) {
       char msg[120];
-      snprintf(msg, sizeof msg, "CUMEM_PRELOAD_BACKUP=%.40s is neither cpu nor none", backup);
+      snprintf(msg, sizeof msg, "CUMEM_PRELOAD_BACKUP=%.40s is not cpu, disk or none", backup);
       warn(msg);
       return;
     }
   } else {
     if (env_bool("TMS_INIT_ENABLE_CPU_BACKUP", &cpu) < 0) return;
     if (env_bool("TMS_INIT_ENABLE_DISK_BACKUP", &disk) < 0) return;
-    if (disk && !cpu) {
-      fprintf(stderr, "cumem preload: TMS_INIT_ENABLE_DISK_BACKUP: no disk backup in preload mode; "
-                      "the content is backed up to host memory instead\n");
-      cpu = 1;
+    if (cpu && disk) {
+      warn("TMS_INIT_ENABLE_CPU_BACKUP and TMS_INIT_ENABLE_DISK_BACKUP exclude each other");
+      return;
     }
   }
 
@@ -77,7 +77,10 @@ static void read_environment(void) {
   }
   process_default.enabled = 1;
   snprintf(process_default.tag, sizeof process_default.tag, "%s%s",
-           cpu ? CUMEM_PRELOAD_TAG_CPU : CUMEM_PRELOAD_TAG_PLAIN, tag);
+           disk  ? CUMEM_PRELOAD_TAG_DISK
+           : cpu ? CUMEM_PRELOAD_TAG_CPU
+                 : CUMEM_PRELOAD_TAG_PLAIN,
+           tag);
 }
 
 void cumem_preload_default(cumem_preload_region_t *out) {

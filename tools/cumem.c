@@ -42,7 +42,7 @@ static int usage(FILE *f) {
           "  bench   link bandwidth, then cold/warm sleep and wake of a model-shaped\n"
           "          workload, with GB/s and percent of the link\n"
           "  run     run a program with sleepable CUDA allocations (LD_PRELOAD):\n"
-          "          cumem run [--tag T] [--backup cpu|none] -- CMD ARGS...\n"
+          "          cumem run [--tag T] [--backup cpu|disk|none] -- CMD ARGS...\n"
           "options:\n"
           "  --backend auto|cuda|host   (default: auto, or CUMEM_BACKEND)\n"
           "  --size GiB                 weights to offload (demo: 2 on cuda, 0.25 on host;\n"

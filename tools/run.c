@@ -1,7 +1,8 @@
-/* `cumem run [--tag T] [--backup cpu|none] -- CMD ARGS...`: run a program with
+/* `cumem run [--tag T] [--backup cpu|disk|none] -- CMD ARGS...`: run a program with
  * the interposer preloaded and its environment switch on, so that what the
  * program allocates through the shared CUDA runtime (or cuMemAlloc) is
- * sleepable memory of the tag "tms:T" ("tms+cpu:T" with --backup cpu). The
+ * sleepable memory of the tag "tms:T" ("tms+cpu:T" with --backup cpu,
+ * "tms+disk:T" with --backup disk: files under CUMEM_DISK_DIR). The
  * program reaches sleep and wake through the C API of libcumem.so.0
  * (cumem_default() is the instance the interposer allocates from).
  *
@@ -25,10 +26,11 @@ enum { RUN_FAILED = 125, RUN_CANNOT_EXEC = 126, RUN_NOT_FOUND = 127 };
 
 static int run_usage(FILE *f) {
   fprintf(f,
-          "usage: cumem run [--tag T] [--backup cpu|none] -- CMD [ARGS...]\n"
+          "usage: cumem run [--tag T] [--backup cpu|disk|none] -- CMD [ARGS...]\n"
           "  Run CMD with %s in LD_PRELOAD and CUMEM_PRELOAD=1: every cudaMalloc\n"
           "  (and cudaMallocAsync, cudaMallocPitch, cuMemAlloc) of the program is sleepable\n"
-          "  memory tagged tms:T, or tms+cpu:T with --backup cpu (default T: default).\n"
+          "  memory tagged tms:T, tms+cpu:T with --backup cpu, or tms+disk:T with --backup\n"
+          "  disk (files under CUMEM_DISK_DIR) (default T: default).\n"
           "  The program sleeps and wakes it through libcumem.so.0 (cumem_default()).\n"
           "  It must use the shared CUDA runtime (nvcc -cudart shared).\n"
           "  CUMEM_PRELOAD_LIBRARY=PATH names the interposer to use.\n",
@@ -107,8 +109,8 @@ int cmd_run(int argc, char **argv) {
     fprintf(stderr, "cumem run: --tag must have 1 to %d bytes\n", CUMEM_PRELOAD_USER_TAG_MAX);
     return RUN_FAILED;
   }
-  if (strcmp(backup, "cpu") && strcmp(backup, "none")) {
-    fprintf(stderr, "cumem run: --backup %s: expected cpu or none\n", backup);
+  if (strcmp(backup, "cpu") && strcmp(backup, "disk") && strcmp(backup, "none")) {
+    fprintf(stderr, "cumem run: --backup %s: expected cpu, disk or none\n", backup);
     return RUN_FAILED;
   }
 

@@ -368,6 +368,12 @@ TEST(the_switch_makes_every_allocation_sleepable_from_the_start) {
   cumem_stats_t s;
   CHECK_OK(cumem_stats(cm, switch_tag, &s));
   CHECK(s.bytes_mapped == 0 && s.bytes_backed_up == s.bytes_allocated);
+  /* A "tms+disk:" tag was given the disk backup: the content is in files. */
+  cumem_tag_options_t o;
+  CHECK_OK(cumem_tag_get_options(cm, switch_tag, &o));
+  int disk = !strncmp(switch_tag, CUMEM_PRELOAD_TAG_DISK, strlen(CUMEM_PRELOAD_TAG_DISK));
+  CHECK(o.backup == (disk ? CUMEM_BACKUP_DISK : CUMEM_BACKUP_HOST));
+  CHECK(s.bytes_on_disk == (disk ? s.bytes_allocated : 0));
   CHECK_OK(cumem_wake(cm, tags));
   CHECK(has_pattern(cm, p, 3 * MiB, 11));
   CHECK(cudaFree(p) == 0 && cudaFree(q) == 0);

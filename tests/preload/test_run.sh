@@ -23,7 +23,7 @@ expect 0 "an earlier LD_PRELOAD is kept after it" env LD_PRELOAD=/nonexistent-bu
   sh -c 'case "$LD_PRELOAD" in *libcumem_preload.so:/nonexistent-but-kept.so) exit 0;; esac; exit 1'
 expect 127 "no such program" "$cumem" run -- /nonexistent/program
 expect 125 "no program" "$cumem" run --tag x
-expect 125 "a bad --backup" "$cumem" run --backup disk -- true
+expect 125 "a bad --backup" "$cumem" run --backup tape -- true
 expect 125 "an empty --tag" "$cumem" run --tag "" -- true
 expect 125 "no interposer to be found" env CUMEM_PRELOAD_LIBRARY=/nonexistent/libcumem_preload.so "$cumem" run -- true
 grep -q "CUMEM_PRELOAD_LIBRARY" "${TMPDIR:-/tmp}/cumem_run_test.$$" || { echo "FAILED: the missing-library message names CUMEM_PRELOAD_LIBRARY"; fail=1; }

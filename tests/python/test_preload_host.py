@@ -261,6 +261,7 @@ def test_pause_and_resume_reach_preload_memory():
         ({"TMS_INIT_ENABLE": "1", "TMS_INIT_ENABLE_CPU_BACKUP": "1"}, ("default", True)),
         ({"TMS_INIT_ENABLE": "1"}, ("default", False)),
         ({"CUMEM_PRELOAD": "1", "CUMEM_PRELOAD_TAG": "llm", "CUMEM_PRELOAD_BACKUP": "cpu"}, ("llm", True)),
+        ({"TMS_INIT_ENABLE": "1", "TMS_INIT_ENABLE_DISK_BACKUP": "1"}, ("default", False, True)),
         ({"CUMEM_PRELOAD": "0", "TMS_INIT_ENABLE": "1"}, None),
     ],
 )
