@@ -1,10 +1,11 @@
 /* `cumem bench`: measure the host link first (pinned copies, in the same
  * run), then sleep and wake a model-shaped workload — by default 16 GiB of
  * Llama-3-8B-shaped bf16 weights (offloaded) and a 32 GiB KV cache
- * (discarded) — and print one table: seconds, GB/s and percent of the link
- * for the cold sleep (nothing pinned yet), warm sleeps, wakes, the
- * discard-only sleep and wake, and the host memory held after a wake with
- * retention off. The restored weights are verified byte for byte. */
+ * (discarded) — and print one table (or, with --json, one document):
+ * seconds, GB/s and percent of the link for the cold sleep (nothing pinned
+ * yet), warm sleeps, wakes, the discard-only sleep and wake, and the host
+ * memory held after a wake with retention off. The restored weights are
+ * verified byte for byte. */
 #include "cumem_backend.h"
 #include "tool.h"
 

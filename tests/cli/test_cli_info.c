@@ -29,42 +29,38 @@ static int report_with_fault(int json, long nth, char **text) {
   return rc;
 }
 
-TEST(text_all_devices_ok) {
+/* The report with the nth device_info call failing (0: none) exits with
+ * want_rc, contains every string of `present` and none of `absent`. */
+static int report_is(int json, long nth, int want_rc, const char *const present[], const char *absent) {
   char *out;
-  int rc = report_with_fault(0, 0, &out);
-  int ok = rc == TOOL_EXIT_OK && strstr(out, "device 0:") && strstr(out, "device 1:") && !strstr(out, "FAILED");
-  if (!ok) fprintf(stderr, "  rc %d, output:\n%s\n", rc, out ? out : "");
+  int rc = report_with_fault(json, nth, &out);
+  int ok = rc == want_rc && out && (!absent || !strstr(out, absent));
+  for (size_t i = 0; ok && present[i]; i++) ok = strstr(out, present[i]) != NULL;
+  if (!ok) fprintf(stderr, "  rc %d (expected %d), output:\n%s\n", rc, want_rc, out ? out : "");
   free(out);
-  CHECK(ok);
+  return ok;
+}
+
+TEST(text_all_devices_ok) {
+  const char *want[] = {"device 0: host-emulated", "device 1: host-emulated", NULL};
+  CHECK(report_is(0, 0, TOOL_EXIT_OK, want, "FAILED"));
 }
 
 TEST(text_second_device_fails) {
-  char *out;
-  int rc = report_with_fault(0, 2, &out);
-  int ok = rc == TOOL_EXIT_FAILED && strstr(out, "device 0: host-emulated") && strstr(out, "device 1: FAILED");
-  if (!ok) fprintf(stderr, "  rc %d, output:\n%s\n", rc, out ? out : "");
-  free(out);
-  CHECK(ok);
+  const char *want[] = {"device 0: host-emulated", "device 1: FAILED", NULL};
+  CHECK(report_is(0, 2, TOOL_EXIT_FAILED, want, NULL));
 }
 
 TEST(text_first_device_fails_second_still_reported) {
-  char *out;
-  int rc = report_with_fault(0, 1, &out);
-  int ok = rc == TOOL_EXIT_FAILED && strstr(out, "device 0: FAILED") && strstr(out, "device 1: host-emulated");
-  if (!ok) fprintf(stderr, "  rc %d, output:\n%s\n", rc, out ? out : "");
-  free(out);
-  CHECK(ok);
+  const char *want[] = {"device 0: FAILED", "device 1: host-emulated", NULL};
+  CHECK(report_is(0, 1, TOOL_EXIT_FAILED, want, NULL));
 }
 
 TEST(json_second_device_fails) {
-  char *out;
-  int rc = report_with_fault(1, 2, &out);
-  int ok = rc == TOOL_EXIT_FAILED && strstr(out, "\"index\": 0,\n      \"name\": \"host-emulated device 0\"") &&
-           strstr(out, "\"index\": 1,\n      \"error\": {") && strstr(out, "\"name\": \"CUMEM_EDRIVER\"") &&
-           strstr(out, "\"ok\": false") && strstr(out, "\"exit_code\": 1");
-  if (!ok) fprintf(stderr, "  rc %d, output:\n%s\n", rc, out ? out : "");
-  free(out);
-  CHECK(ok);
+  const char *want[] = {"\"index\": 0,\n      \"name\": \"host-emulated device 0\"",
+                        "\"index\": 1,\n      \"error\": {", "\"name\": \"CUMEM_EDRIVER\"", "\"ok\": false",
+                        "\"exit_code\": 1", NULL};
+  CHECK(report_is(1, 2, TOOL_EXIT_FAILED, want, NULL));
 }
 
 RUN_TESTS("cli_info", T(text_all_devices_ok), T(text_second_device_fails),

@@ -5,9 +5,9 @@
 #   pkg_config    the same consumer built with pkg-config's flags
 #   subproject    a project that add_subdirectory()s cumem configures without
 #                 cumem's tests
-# usage: package_test.sh MODE SOURCE_DIR BUILD_DIR WORK_DIR VERSION LIBDIR CMAKE CC
+# usage: package_test.sh MODE SOURCE_DIR BUILD_DIR WORK_DIR VERSION LIBDIR CMAKE GENERATOR CC
 set -eu
-mode=$1 src=$2 build=$3 work=$4 version=$5 libdir=$6 cmake=$7 cc=$8
+mode=$1 src=$2 build=$3 work=$4 version=$5 libdir=$6 cmake=$7 generator=$8 cc=$9
 prefix=$work/prefix
 lib=$prefix/$libdir
 major=${version%%.*}
@@ -36,7 +36,7 @@ install)
   ;;
 find_package)
   rm -rf "$work/find_package"
-  "$cmake" -S "$src/tests/package/consumer" -B "$work/find_package" -DCMAKE_C_COMPILER="$cc" \
+  "$cmake" -S "$src/tests/package/consumer" -B "$work/find_package" -G "$generator" -DCMAKE_C_COMPILER="$cc" \
     -DCMAKE_PREFIX_PATH="$prefix" -DCUMEM_EXPECTED_VERSION="$version"
   "$cmake" --build "$work/find_package"
   "$work/find_package/consumer_shared"
@@ -68,7 +68,8 @@ pkg_config)
   ;;
 subproject)
   rm -rf "$work/subproject"
-  "$cmake" -S "$src/tests/package/consumer" -B "$work/subproject" -DCMAKE_C_COMPILER="$cc" -DCUMEM_SOURCE_DIR="$src" >/dev/null
+  "$cmake" -S "$src/tests/package/consumer" -B "$work/subproject" -G "$generator" -DCMAKE_C_COMPILER="$cc" \
+    -DCUMEM_SOURCE_DIR="$src" >/dev/null
   echo "configured a project with cumem as its subproject: no cumem tests"
   ;;
 *)
