@@ -90,14 +90,17 @@ def query(ptr):
 
 
 def copy_to_device(dst, data):
+    """Copy a bytes-like object to the cumem address `dst` (synchronous)."""
     _C.default().copy_to_device(dst, data)
 
 
 def copy_to_host(src, n):
+    """Copy `n` bytes from the cumem address `src`; returns bytes."""
     return _C.default().copy_to_host(src, n)
 
 
 def memset(dst, value, n):
+    """Set `n` bytes at the cumem address `dst` to `value` (synchronous)."""
     _C.default().memset(dst, value, n)
 
 

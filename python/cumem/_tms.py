@@ -38,6 +38,10 @@ def _internal_tag(tag, enable_cpu_backup):
 
 
 class TorchMemorySaver:
+    """torch_memory_saver's object: region() makes tensors pausable under a
+    tag, pause() releases their GPU memory, resume() maps it again at the same
+    addresses. Use the module's `torch_memory_saver` instance."""
+
     def __init__(self):
         # One MemPool per (cumem tag, device), reused by every region of that
         # tag, as torch_memory_saver does: a pool never mixes tags (tms#85).
@@ -183,6 +187,9 @@ class TorchMemorySaver:
 
     @property
     def memory_margin_bytes(self):
+        """GPU memory that must stay free after a resume: a resume that would
+        leave less raises CumemOutOfMemoryError and maps nothing (0: no
+        check)."""
         return self._memory_margin_bytes
 
     @memory_margin_bytes.setter
@@ -216,10 +223,12 @@ class TorchMemorySaver:
 
     @property
     def enabled(self):
+        """Always True: cumem's saver is always available."""
         return True
 
     @property
     def hook_mode(self):
+        """How allocations are caught: "torch" (a CUDAPluggableAllocator)."""
         return "torch"
 
     @hook_mode.setter
