@@ -35,8 +35,7 @@ static const struct tool_option {
 #define NOPTIONS (sizeof options / sizeof options[0])
 
 void tool_command_usage(const tool_command_t *cmd, FILE *out) {
-  fprintf(out, "usage: cumem %s [options]%s\n%s\noptions:\n", cmd->name, cmd->operands ? " [--] ARGS..." : "",
-          cmd->summary);
+  fprintf(out, "usage: cumem %s [options]\n%s\noptions:\n", cmd->name, cmd->summary);
   for (size_t i = 0; i < NOPTIONS; i++) {
     if (!(cmd->options & options[i].bit)) continue;
     char left[32];
@@ -115,10 +114,8 @@ int tool_parse_args(const tool_command_t *cmd, int argc, char **argv, tool_args_
     if (cmd->options & options[i].bit) longopts[n++] = options[i].opt;
   longopts[n++] = (struct option){"help", no_argument, NULL, KEY_HELP};
   longopts[n] = (struct option){0};
-  /* ':' first: a missing value is told apart from an unknown option. '+'
-   * for commands with operands: options end at the first operand, so that
-   * the operands' own options stay theirs. */
-  const char *shortopts = cmd->operands ? "+:h" : ":h";
+  /* ':' first: a missing value is told apart from an unknown option. */
+  const char *shortopts = ":h";
 
   opterr = 0;
   optind = 1;
@@ -148,11 +145,9 @@ int tool_parse_args(const tool_command_t *cmd, int argc, char **argv, tool_args_
       return TOOL_EXIT_USAGE;
     }
   }
-  if (optind < argc && !cmd->operands) {
+  if (optind < argc) {
     fprintf(stderr, "cumem %s: unexpected argument %s\n", cmd->name, argv[optind]);
     return TOOL_EXIT_USAGE;
   }
-  a->argc = argc - optind;
-  a->argv = argv + optind;
   return -1;
 }

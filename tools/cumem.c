@@ -1,5 +1,6 @@
 /* The `cumem` command: finds the command in the table, parses its options
- * (args.c) and runs it. A new command is one entry here and its own file. */
+ * (args.c) and runs it. A new command is one entry here, its declaration in
+ * tool.h and its own file (listed in CMakeLists.txt's cumem_cli). */
 #include "tool.h"
 
 #include <stdio.h>
@@ -7,14 +8,14 @@
 
 static const tool_command_t commands[] = {
     {"info", "the backend and each device: memory, granularity, RDMA, fabric and fd handles",
-     TOOL_OPT_BACKEND | TOOL_OPT_JSON, 0, cmd_info},
+     TOOL_OPT_BACKEND | TOOL_OPT_JSON, cmd_info, NULL},
     {"demo",
      "sleep and wake a model-shaped workload, verify every byte of the weights",
-     TOOL_OPT_BACKEND | TOOL_OPT_SIZE | TOOL_OPT_KV | TOOL_OPT_JSON | TOOL_OPT_QUIET, 0, cmd_demo},
+     TOOL_OPT_BACKEND | TOOL_OPT_SIZE | TOOL_OPT_KV | TOOL_OPT_JSON | TOOL_OPT_QUIET, cmd_demo, NULL},
     {"bench",
      "the host link, then cold and warm sleeps and wakes: seconds, GB/s, % of link",
-     TOOL_OPT_BACKEND | TOOL_OPT_SIZE | TOOL_OPT_KV | TOOL_OPT_ROUNDS | TOOL_OPT_JSON | TOOL_OPT_QUIET, 0,
-     cmd_bench},
+     TOOL_OPT_BACKEND | TOOL_OPT_SIZE | TOOL_OPT_KV | TOOL_OPT_ROUNDS | TOOL_OPT_JSON | TOOL_OPT_QUIET,
+     cmd_bench, NULL},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 
@@ -49,6 +50,10 @@ int main(int argc, char **argv) {
       fprintf(stderr, "cumem: unknown command %s\n", argv[2]);
       return usage(stderr);
     }
+    if (cmd->main) {
+      char *help[] = {(char *)cmd->name, "--help", NULL};
+      return cmd->main(2, help);
+    }
     tool_command_usage(cmd, stdout);
     return TOOL_EXIT_OK;
   }
@@ -57,6 +62,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "cumem: unknown %s %s\n", first[0] == '-' ? "option" : "command", first);
     return usage(stderr);
   }
+  if (cmd->main) return cmd->main(argc - 1, argv + 1);
   tool_args_t a;
   int rc = tool_parse_args(cmd, argc - 1, argv + 1, &a);
   if (rc >= 0) return rc;

@@ -49,16 +49,17 @@ typedef struct tool_args {
   int rounds;          /* bench: warm cycles */
   int json;            /* one JSON document on stdout instead of text */
   int quiet;           /* no progress, even on a terminal */
-  int argc;            /* operands after the options (commands with operands) */
-  char **argv;
 } tool_args_t;
 
+/* A command either takes options of the table in args.c (`options` and
+ * `run`), or parses its own arguments (`main`, given argv[0] = its name),
+ * as a command whose operands are another program's does. */
 typedef struct tool_command {
   const char *name;
   const char *summary;  /* one line for the usage text */
   unsigned options;     /* TOOL_OPT_* bits */
-  int operands;         /* 1: takes operands (options stop at the first one) */
   int (*run)(const tool_args_t *a);
+  int (*main)(int argc, char **argv);
 } tool_command_t;
 
 /* Parse argv (argv[0] is the command's name) into *a. Returns -1 when it
