@@ -200,7 +200,7 @@ static int cuda_check(CUresult r, const char *file, int line, const char *fmt, .
     snprintf(unknown, sizeof unknown, "CUresult %d", (int)r);
     name = unknown;
   }
-  return cumem__set_error(cuda_code(r), file, line, "%s failed: %s (%s)", call,
+  return cumem_set_error(cuda_code(r), file, line, "%s failed: %s (%s)", call,
                           name, text ? text : "unknown error");
 }
 #define CUDA_CHECK(call, ...) cuda_check((call), __FILE__, __LINE__, __VA_ARGS__)
