@@ -14,8 +14,9 @@ quick=${CUMEM_CHECK_QUICK:-0}
 
 # ---- what the checks need ---------------------------------------------------
 # make and libc6-dev are only recommended by cmake and gcc: listed, so that
-# --no-install-recommends still gives a working compiler.
-need=(cmake make gcc libc6-dev python3-dev python3-pytest python3-setuptools pkgconf)
+# --no-install-recommends still gives a working compiler. python3-pip (with
+# python3-wheel) lets the packaging test build and install a wheel.
+need=(cmake make gcc libc6-dev python3-dev python3-pytest python3-setuptools python3-pip pkgconf)
 [ "$quick" = 1 ] || need+=(clang libclang-rt-14-dev git) # TSan and libFuzzer; the fresh clone
 if command -v dpkg-query >/dev/null; then
   missing=()
