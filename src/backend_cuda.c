@@ -90,6 +90,7 @@
   X(EventRecord, 2000)              \
   X(EventSynchronize, 2000)         \
   X(MemHostRegister, 6050)          \
+  X(ThreadExchangeStreamCaptureMode, 10010) \
   X(MemHostUnregister, 4000)        \
   X(MemcpyDtoHAsync, 3020)          \
   X(MemcpyHtoDAsync, 3020)          \
@@ -746,13 +747,30 @@ static int cuda_event_synchronize(cumem_backend_t *b, void *event) {
   return rc;
 }
 
+/* Page-locking touches no stream, so it is safe while another thread
+ * captures a CUDA graph; but in the default (global) capture mode the
+ * driver refuses it then as "potentially unsafe" (cumem's background
+ * worker pins while vLLM captures its graphs). The calling thread is
+ * relaxed for the call, as PyTorch does around cudaMalloc. */
+static CUstreamCaptureMode cuda_relax_capture(void) {
+  CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+  if (cu.ThreadExchangeStreamCaptureMode(&mode) != CUDA_SUCCESS) mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+  return mode;
+}
+
+static void cuda_restore_capture(CUstreamCaptureMode mode) {
+  if (mode != CU_STREAM_CAPTURE_MODE_RELAXED) (void)cu.ThreadExchangeStreamCaptureMode(&mode);
+}
+
 static int cuda_host_register(cumem_backend_t *b, void *ptr, size_t size) {
   cuda_backend_t *cb = cuda_self(b);
   cuda_scope_t s = CUDA_SCOPE_INIT;
   /* PORTABLE: pinned for every context, whichever one is current here. */
   int rc = cuda_enter_any(cb, &s);
+  CUstreamCaptureMode mode = cuda_relax_capture();
   if (!rc) rc = CUDA_CHECK(cu.MemHostRegister(ptr, size, CU_MEMHOSTREGISTER_PORTABLE),
                            "cuMemHostRegister(ptr=%p, size=%zu)", ptr, size);
+  cuda_restore_capture(mode);
   cuda_leave(&s);
   if (rc == CUMEM_ENOMEM) rc = CUMEM_ENOHOST; /* it is host memory that ran out */
   if (!rc) atomic_fetch_add(&cb->host_registrations, 1);
@@ -763,7 +781,9 @@ static int cuda_host_unregister(cumem_backend_t *b, void *ptr) {
   cuda_backend_t *cb = cuda_self(b);
   cuda_scope_t s = CUDA_SCOPE_INIT;
   int rc = cuda_enter_any(cb, &s);
+  CUstreamCaptureMode mode = cuda_relax_capture();
   if (!rc) rc = CUDA_CHECK(cu.MemHostUnregister(ptr), "cuMemHostUnregister(ptr=%p)", ptr);
+  cuda_restore_capture(mode);
   cuda_leave(&s);
   if (!rc) atomic_fetch_sub(&cb->host_registrations, 1);
   return rc;

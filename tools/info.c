@@ -24,6 +24,8 @@ int cmd_info(const tool_args_t *a) {
     printf("  GPUDirect RDMA with VMM: %s\n", info.rdma ? "yes" : "no");
     printf("  fabric handles:          %s\n", info.fabric ? "yes" : "no");
     printf("  POSIX fd handles:        %s\n", info.posix_fd ? "yes" : "no");
+    if (info.numa_node >= 0) printf("  nearest NUMA node:       %d\n", info.numa_node);
+    else printf("  nearest NUMA node:       unknown (one node, or not reported)\n");
   }
   cumem_close(cm);
   return rc ? 1 : 0;

@@ -180,6 +180,7 @@ static PyObject *stats_dict(const cumem_stats_t *s) {
   SET_ITEM(d, "bytes_asleep", PyLong_FromSize_t(s->bytes_asleep));
   SET_ITEM(d, "bytes_backed_up", PyLong_FromSize_t(s->bytes_backed_up));
   SET_ITEM(d, "bytes_host_held", PyLong_FromSize_t(s->bytes_host_held));
+  SET_ITEM(d, "bytes_host_pinned", PyLong_FromSize_t(s->bytes_host_pinned));
   return d;
 }
 
@@ -206,6 +207,7 @@ static PyObject *device_dict(const cumem_device_info_t *i) {
   SET_ITEM(d, "rdma", PyBool_FromLong(i->rdma));
   SET_ITEM(d, "fabric", PyBool_FromLong(i->fabric));
   SET_ITEM(d, "posix_fd", PyBool_FromLong(i->posix_fd));
+  SET_ITEM(d, "numa_node", PyLong_FromLong(i->numa_node));
   return d;
 }
 
@@ -229,6 +231,7 @@ typedef struct {
   int owned;                 /* 0 for the process-wide default instance */
   cumem_backend_t *fault;    /* the fault backend, when opened with fault=True */
   PyObject *backend_name;    /* keeps opts.backend's string alive */
+  /* (the core copies opts.prepare_ahead: no need to keep that one) */
 } InstanceObject;
 
 static PyTypeObject InstanceType;
@@ -247,25 +250,29 @@ static int instance_ok(InstanceObject *self) {
 
 /* Instance(backend=None, *, chunk_size=None, zero_on_wake=None,
  *          retain_backup=None, copy_chunk=None, host_threads=None,
- *          verbose=None, fault=False)
+ *          verbose=None, fault=False, prepare_ahead=None,
+ *          prepare_ahead_delay_ms=None)
  * Opens a private instance. Options left None keep cumem_options_init's
  * value (the defaults, then the CUMEM_* environment). fault=True wraps the
  * backend in the fault-injecting one (for tests; see fault_arm). */
 static int Instance_init(InstanceObject *self, PyObject *args, PyObject *kw) {
-  static char *kwlist[] = {"backend",      "chunk_size", "zero_on_wake",
-                           "retain_backup", "copy_chunk", "host_threads",
-                           "verbose",      "fault",      NULL};
+  static char *kwlist[] = {"backend",       "chunk_size",   "zero_on_wake",
+                           "retain_backup", "copy_chunk",   "host_threads",
+                           "verbose",       "fault",        "prepare_ahead",
+                           "prepare_ahead_delay_ms",        NULL};
   PyObject *backend = Py_None, *chunk = Py_None, *zero = Py_None,
            *retain = Py_None, *copy = Py_None, *threads = Py_None,
-           *verbose = Py_None;
+           *verbose = Py_None, *ahead_delay = Py_None;
+  const char *ahead = NULL;
   int fault = 0;
   if (self->cm) {
     PyErr_SetString(PyExc_RuntimeError, "Instance is already open");
     return -1;
   }
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O$OOOOOOp", kwlist, &backend,
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O$OOOOOOpO&O", kwlist, &backend,
                                    &chunk, &zero, &retain, &copy, &threads,
-                                   &verbose, &fault))
+                                   &verbose, &fault, conv_opt_str, &ahead,
+                                   &ahead_delay))
     return -1;
 
   cumem_options_t opts;
@@ -298,6 +305,8 @@ static int Instance_init(InstanceObject *self, PyObject *args, PyObject *kw) {
   OPT_SIZE(copy, copy_chunk)
   OPT_INT(threads, host_threads)
   OPT_INT(verbose, verbose)
+  OPT_INT(ahead_delay, prepare_ahead_delay_ms)
+  if (ahead) opts.prepare_ahead = ahead; /* "" = no tag */
 #undef OPT_SIZE
 #undef OPT_INT
 
@@ -476,6 +485,29 @@ static PyObject *Instance_release_backup(InstanceObject *self, PyObject *args,
                                          PyObject *kw) {
   return tags_call(self, args, kw, cumem_release_backup,
                    "cumem_release_backup");
+}
+
+static PyObject *Instance_prepare_backup_async(InstanceObject *self,
+                                               PyObject *args, PyObject *kw) {
+  return tags_call(self, args, kw, cumem_prepare_backup_async,
+                   "cumem_prepare_backup_async");
+}
+
+static PyObject *Instance_release_backup_async(InstanceObject *self,
+                                               PyObject *args, PyObject *kw) {
+  return tags_call(self, args, kw, cumem_release_backup_async,
+                   "cumem_release_backup_async");
+}
+
+static PyObject *Instance_drain(InstanceObject *self, PyObject *noargs) {
+  (void)noargs;
+  CHECK_OPEN(self);
+  int rc;
+  Py_BEGIN_ALLOW_THREADS
+  rc = cumem_drain(self->cm);
+  Py_END_ALLOW_THREADS
+  if (rc != CUMEM_OK) return raise_cumem(rc, "cumem_drain");
+  Py_RETURN_NONE;
 }
 
 /* One address argument, GIL released: unmap_release, create_map. */
@@ -813,6 +845,19 @@ static PyMethodDef Instance_methods[] = {
      METH_VARARGS | METH_KEYWORDS,
      "release_backup(tags=None): give back retained backups of awake "
      "allocations"},
+    {"prepare_backup_async",
+     (PyCFunction)(void (*)(void))Instance_prepare_backup_async,
+     METH_VARARGS | METH_KEYWORDS,
+     "prepare_backup_async(tags=None): pin the host backups in the "
+     "background, starting now; returns at once"},
+    {"release_backup_async",
+     (PyCFunction)(void (*)(void))Instance_release_backup_async,
+     METH_VARARGS | METH_KEYWORDS,
+     "release_backup_async(tags=None): give back retained backups of awake "
+     "allocations in the background; returns at once"},
+    {"drain", (PyCFunction)Instance_drain, METH_NOARGS,
+     "drain(): finish the background work now, on this thread, and raise "
+     "its first failure not yet reported"},
     {"unmap_release", (PyCFunction)Instance_unmap_release, METH_O,
      "unmap_release(ptr): release one allocation's physical memory, no "
      "backup"},
@@ -868,7 +913,8 @@ static PyTypeObject InstanceType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Instance(backend=None, *, chunk_size=None, zero_on_wake=None, "
               "retain_backup=None, copy_chunk=None, host_threads=None, "
-              "verbose=None, fault=False)\n\n"
+              "verbose=None, fault=False, prepare_ahead=None, "
+              "prepare_ahead_delay_ms=None)\n\n"
               "One cumem instance (cumem_open). Use cumem.default() for the "
               "process-wide instance that PyTorch allocations go to.",
     .tp_methods = Instance_methods,
