@@ -91,14 +91,17 @@ def query(ptr):
 
 
 def copy_to_device(dst, data):
+    """Copy a bytes-like object to the cumem address `dst` (synchronous)."""
     _C.default().copy_to_device(dst, data)
 
 
 def copy_to_host(src, n):
+    """Copy `n` bytes from the cumem address `src`; returns bytes."""
     return _C.default().copy_to_host(src, n)
 
 
 def memset(dst, value, n):
+    """Set `n` bytes at the cumem address `dst` to `value` (synchronous)."""
     _C.default().memset(dst, value, n)
 
 
@@ -155,10 +158,9 @@ def sleep(tags=None, offload_tags=None):
 
     Blocks PyTorch freed into finished pool() blocks are released first
     (they need no backup), and PyTorch's own cache is emptied after."""
-    from . import _torch
-    from ._timing import Steps
+    from . import _timing, _torch
 
-    steps = Steps("cumem.sleep")
+    steps = _timing.Steps("cumem.sleep")
     _torch.sweep_if_any()
     steps.step("sweep")
     _C.default().sleep(tags, offload_tags)

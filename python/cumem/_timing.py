@@ -19,19 +19,19 @@ class Steps:
     """Time the consecutive steps of one call; print them on done() when
     CUMEM_VERBOSE is set (otherwise a few perf_counter calls)."""
 
-    __slots__ = ("what", "t0", "t", "parts")
-
     def __init__(self, what):
         self.what = what
         self.t0 = self.t = time.perf_counter()
         self.parts = []
 
     def step(self, name):
+        """The time since the last step (or the start) went to `name`."""
         now = time.perf_counter()
         self.parts.append((name, now - self.t))
         self.t = now
 
     def done(self):
+        """Print the steps and the total, with CUMEM_VERBOSE set."""
         if not VERBOSE:
             return
         total = time.perf_counter() - self.t0

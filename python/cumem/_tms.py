@@ -21,8 +21,7 @@ resume that fails (out of memory) keeps every backup: resume again later.
 import contextlib
 import threading
 
-from . import _C, _torch
-from ._timing import Steps
+from . import _C, _timing, _torch
 
 _PLAIN = "tms:"
 _BACKUP = "tms+cpu:"
@@ -39,6 +38,10 @@ def _internal_tag(tag, enable_cpu_backup):
 
 
 class TorchMemorySaver:
+    """torch_memory_saver's object: region() makes tensors pausable under a
+    tag, pause() releases their GPU memory, resume() maps it again at the same
+    addresses. Use the module's `torch_memory_saver` instance."""
+
     def __init__(self):
         # One MemPool per (cumem tag, device), reused by every region of that
         # tag, as torch_memory_saver does: a pool never mixes tags (tms#85).
@@ -155,7 +158,7 @@ class TorchMemorySaver:
     def pause(self, tag=None):
         """Release the GPU memory of `tag`'s regions (None: all), backing up
         those made with enable_cpu_backup. Waits for the device first."""
-        steps = Steps("torch_memory_saver.pause")
+        steps = _timing.Steps("torch_memory_saver.pause")
         _torch.sweep_if_any()  # memory of destroyed graphs need not sleep
         steps.step("sweep")
         tags = self._tags(tag)
@@ -179,7 +182,7 @@ class TorchMemorySaver:
         Without retain_cpu_backup the backups are given back after resume
         returns, in the background; a failure there is raised by the next
         pause or resume (nothing is lost: the backup stays held)."""
-        steps = Steps("torch_memory_saver.resume")
+        steps = _timing.Steps("torch_memory_saver.resume")
         tags = self._tags(tag)
         if not tags:
             return
@@ -234,6 +237,9 @@ class TorchMemorySaver:
 
     @property
     def memory_margin_bytes(self):
+        """GPU memory that must stay free after a resume: a resume that would
+        leave less raises CumemOutOfMemoryError and maps nothing (0: no
+        check)."""
         return self._memory_margin_bytes
 
     @memory_margin_bytes.setter
@@ -267,10 +273,12 @@ class TorchMemorySaver:
 
     @property
     def enabled(self):
+        """Always True: cumem's saver is always available."""
         return True
 
     @property
     def hook_mode(self):
+        """How allocations are caught: "torch" (a CUDAPluggableAllocator)."""
         return "torch"
 
     @hook_mode.setter

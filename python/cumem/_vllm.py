@@ -16,8 +16,7 @@ kept until a wake succeeds, so wake_up() can simply be called again.
 import contextlib
 import logging
 
-from . import _C, _torch
-from ._timing import Steps
+from . import _C, _timing, _torch
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +104,7 @@ class CuMemAllocator:
         hundreds of milliseconds on a large heap, and only frees tensors
         kept by reference cycles (call gc.collect() or cumem.empty_cache()
         first if you make those)."""
-        steps = Steps("CuMemAllocator.sleep")
+        steps = _timing.Steps("CuMemAllocator.sleep")
         offload_tags = _as_tuple(offload_tags)
         if offload_tags is None:
             offload_tags = (CuMemAllocator.default_tag,)
@@ -140,7 +139,7 @@ class CuMemAllocator:
         GPU is full) with the cause on failure. Nothing is lost then: what this
         call mapped is released again, every backup is kept, and a later
         wake_up() restores everything."""
-        steps = Steps("CuMemAllocator.wake_up")
+        steps = _timing.Steps("CuMemAllocator.wake_up")
         selected = self._known(_as_tuple(tags))
         steps.step("bookkeeping")
         if selected:
