@@ -222,6 +222,7 @@ int cmd_bench(const tool_args_t *a) {
   cumem_options_t o;
   cumem_options_init(&o);
   if (a->backend) o.backend = a->backend;
+  o.prepare_ahead = NULL; /* the cold sleep is cold, whatever CUMEM_PREPARE_AHEAD says */
   cumem_t *cm;
   if ((rc = cumem_open(&cm, &o))) { tool_fail("open", rc); return 1; }
   cumem_device_info_t info;
