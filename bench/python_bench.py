@@ -275,7 +275,8 @@ def run_child(name, args):
     torch.cuda.synchronize()
 
     if api.ahead and api.cumem_tag:
-        ready = wait_for(lambda: (cumem_stats(api.cumem_tag) or {}).get("bytes_host_pinned", 0) >= moved, 300)
+        backup = cumem_stats(api.cumem_tag)["bytes_allocated"]  # what the sleep copies
+        ready = wait_for(lambda: cumem_stats(api.cumem_tag)["bytes_host_pinned"] >= backup, 300)
         res["ahead_ready_s"] = None if ready is None else time.perf_counter() - loaded
         log(f"{name}: backup pinned in the background {res['ahead_ready_s']} s after loading")
 
@@ -358,6 +359,7 @@ def spawn(kind, args):
     if args.no_temporaries:
         cmd.append("--no-temporaries")
     env = dict(os.environ)
+    env.pop("CUMEM_PREPARE_AHEAD", None)  # each API row says whether it prepares ahead
     if args.verbose:
         env["CUMEM_VERBOSE"] = "1"
     p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
