@@ -4,6 +4,7 @@
 
 #include "internal.h"
 #include "hostmem.h"
+#include "disk.h"
 
 #include <pthread.h>
 
@@ -43,7 +44,9 @@ typedef struct alloc {
   uint64_t peer_mask;
   tag_t *tag;
   hostbuf_t backup;  /* pinned host memory, kept across cycles when retained */
-  int backed_up;     /* the backup holds the content (set once copied) */
+  diskfile_t disk;   /* the backup of a disk tag (disk.c), while asleep */
+  int backed_up;     /* a backup holds the content (set once copied): the
+                        file when disk.filled, else the host backup */
   int ahead;         /* enum ahead: preparing its backup in the background */
   int freeing;       /* a free has begun: only free (a retry) may touch it */
   struct alloc *hash_next;          /* table bucket chain */
@@ -107,6 +110,8 @@ struct cumem {
   device_t devices[CUMEM_MAX_DEVICES];
   alloc_t *limbo;  /* failed allocations whose undo failed: retried later */
   cumem__background_t bg;
+  char *disk_dir;  /* absolute path for disk backups, or NULL (disk.c) */
+  hostbuf_t disk_staging; /* disk.c's staging buffers, during a call */
 };
 
 void cumem__lock_init(cumem__lock_t *l);

@@ -50,4 +50,6 @@ void cumem_options_init(cumem_options_t *opts) {
   opts->numa = !numa || !*numa || !strcmp(numa, "auto") ? -1 : env_int("CUMEM_NUMA", 1) != 0;
   const char *lock = getenv("CUMEM_REGISTER_LOCK");
   opts->register_lock = lock && *lock ? lock : NULL;
+  const char *disk_dir = getenv("CUMEM_DISK_DIR"); /* checked at open (disk.c) */
+  opts->disk_dir = disk_dir && *disk_dir ? disk_dir : NULL;
 }

@@ -183,6 +183,7 @@ static PyObject *stats_dict(const cumem_stats_t *s) {
   SET_ITEM(d, "bytes_asleep", PyLong_FromSize_t(s->bytes_asleep));
   SET_ITEM(d, "bytes_backed_up", PyLong_FromSize_t(s->bytes_backed_up));
   SET_ITEM(d, "bytes_host_held", PyLong_FromSize_t(s->bytes_host_held));
+  SET_ITEM(d, "bytes_on_disk", PyLong_FromSize_t(s->bytes_on_disk));
   SET_ITEM(d, "bytes_host_pinned", PyLong_FromSize_t(s->bytes_host_pinned));
   return d;
 }
@@ -197,6 +198,7 @@ static PyObject *info_dict(const cumem_alloc_info_t *i) {
   SET_ITEM(d, "asleep", PyBool_FromLong(i->asleep));
   SET_ITEM(d, "backed_up", PyBool_FromLong(i->backed_up));
   SET_ITEM(d, "tag", PyUnicode_FromString(i->tag));
+  SET_ITEM(d, "on_disk", PyBool_FromLong(i->on_disk));
   return d;
 }
 
@@ -251,31 +253,47 @@ static int instance_ok(InstanceObject *self) {
     if (!instance_ok(self)) return NULL; \
   } while (0)
 
+/* A path argument: None (or "") = no path (*out NULL), else str, bytes or
+ * os.PathLike, converted with the filesystem encoding into *holder (a
+ * bytes object the caller releases). */
+static int path_arg(PyObject *obj, PyObject **holder, const char **out) {
+  *holder = NULL;
+  *out = NULL;
+  if (obj == Py_None) return 0;
+  if (!PyUnicode_FSConverter(obj, holder)) return -1;
+  const char *p = PyBytes_AS_STRING(*holder);
+  *out = *p ? p : NULL;
+  return 0;
+}
+
 /* Instance(backend=None, *, chunk_size=None, zero_on_wake=None,
  *          retain_backup=None, copy_chunk=None, host_threads=None,
- *          verbose=None, fault=False, prepare_ahead=None,
+ *          verbose=None, fault=False, disk_dir=None, prepare_ahead=None,
  *          prepare_ahead_delay_ms=None)
  * Opens a private instance. Options left None keep cumem_options_init's
  * value (the defaults, then the CUMEM_* environment). fault=True wraps the
- * backend in the fault-injecting one (for tests; see fault_arm). */
+ * backend in the fault-injecting one (for tests; see fault_arm). disk_dir
+ * (a path) is where tags with backup="disk" sleep; None keeps
+ * CUMEM_DISK_DIR. */
 static int Instance_init(InstanceObject *self, PyObject *args, PyObject *kw) {
   static char *kwlist[] = {"backend",       "chunk_size",   "zero_on_wake",
                            "retain_backup", "copy_chunk",   "host_threads",
-                           "verbose",       "fault",        "prepare_ahead",
-                           "prepare_ahead_delay_ms",        NULL};
+                           "verbose",       "fault",        "disk_dir",
+                           "prepare_ahead", "prepare_ahead_delay_ms",  NULL};
   PyObject *backend = Py_None, *chunk = Py_None, *zero = Py_None,
            *retain = Py_None, *copy = Py_None, *threads = Py_None,
-           *verbose = Py_None, *ahead_delay = Py_None;
+           *verbose = Py_None, *disk_dir = Py_None, *disk_dir_bytes = NULL,
+           *ahead_delay = Py_None;
   const char *ahead = NULL;
   int fault = 0;
   if (self->cm) {
     PyErr_SetString(PyExc_RuntimeError, "Instance is already open");
     return -1;
   }
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O$OOOOOOpO&O", kwlist, &backend,
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O$OOOOOOpOO&O", kwlist, &backend,
                                    &chunk, &zero, &retain, &copy, &threads,
-                                   &verbose, &fault, conv_opt_str, &ahead,
-                                   &ahead_delay))
+                                   &verbose, &fault, &disk_dir, conv_opt_str,
+                                   &ahead, &ahead_delay))
     return -1;
 
   cumem_options_t opts;
@@ -312,6 +330,9 @@ static int Instance_init(InstanceObject *self, PyObject *args, PyObject *kw) {
   if (ahead) opts.prepare_ahead = ahead; /* "" = no tag */
 #undef OPT_SIZE
 #undef OPT_INT
+  if (disk_dir != Py_None) {
+    if (path_arg(disk_dir, &disk_dir_bytes, &opts.disk_dir) < 0) return -1;
+  }
 
   int rc;
   cumem_t *cm = NULL;
@@ -324,6 +345,7 @@ static int Instance_init(InstanceObject *self, PyObject *args, PyObject *kw) {
     if (rc != CUMEM_OK && inner) inner->destroy(inner);
     if (rc == CUMEM_OK) rc = cumem_open_backend(&cm, &opts, outer);
     Py_END_ALLOW_THREADS
+    Py_CLEAR(disk_dir_bytes); /* the instance keeps its own copy */
     if (rc != CUMEM_OK) {
       raise_cumem(rc, "cumem_open_backend");
       return -1;
@@ -333,6 +355,7 @@ static int Instance_init(InstanceObject *self, PyObject *args, PyObject *kw) {
     Py_BEGIN_ALLOW_THREADS
     rc = cumem_open(&cm, &opts);
     Py_END_ALLOW_THREADS
+    Py_CLEAR(disk_dir_bytes);
     if (rc != CUMEM_OK) {
       raise_cumem(rc, "cumem_open");
       return -1;
@@ -451,6 +474,33 @@ static PyObject *Instance_sleep(InstanceObject *self, PyObject *args,
   taglist_clear(&off);
   if (rc != CUMEM_OK) return raise_cumem(rc, "cumem_sleep");
   Py_RETURN_NONE;
+}
+
+/* set_disk_dir(path): where tags with backup="disk" sleep from now on; None
+ * or "" = nowhere. Checked first (CumemError EINVAL saying why). */
+static PyObject *Instance_set_disk_dir(InstanceObject *self, PyObject *arg) {
+  PyObject *holder;
+  const char *path;
+  CHECK_OPEN(self);
+  if (path_arg(arg, &holder, &path) < 0) return NULL;
+  int rc;
+  Py_BEGIN_ALLOW_THREADS
+  rc = cumem_set_disk_dir(self->cm, path);
+  Py_END_ALLOW_THREADS
+  Py_XDECREF(holder);
+  if (rc != CUMEM_OK) return raise_cumem(rc, "cumem_set_disk_dir");
+  Py_RETURN_NONE;
+}
+
+/* The disk_dir (an absolute path) or None. */
+static PyObject *Instance_get_disk_dir(InstanceObject *self, void *closure) {
+  (void)closure;
+  CHECK_OPEN(self);
+  char buf[4097];
+  int rc = cumem_get_disk_dir(self->cm, buf, sizeof buf);
+  if (rc != CUMEM_OK) return raise_cumem(rc, "cumem_get_disk_dir");
+  if (!buf[0]) Py_RETURN_NONE;
+  return PyUnicode_DecodeFSDefault(buf);
 }
 
 /* One tag-list argument, GIL released: wake, prepare_backup, release_backup. */
@@ -852,13 +902,14 @@ static PyMethodDef Instance_methods[] = {
     {"query", (PyCFunction)Instance_query, METH_O,
      "query($self, ptr, /)\n--\n\n"
      "Describe the allocation containing ptr: a dict of ptr, size, "
-     "requested, device, asleep, backed_up, tag."},
+     "requested, device, asleep, backed_up, tag, on_disk."},
     {"sleep", VARKW(Instance_sleep),
      "sleep($self, /, tags=None, offload_tags=None)\n--\n\n"
      "Release the physical memory of every allocation of tags (None: all), "
-     "after copying those of offload_tags (None: none) to host memory. A "
-     "failed sleep keeps what is asleep asleep, with its backup; a retry "
-     "completes it."},
+     "after copying those of offload_tags (None: none) to host memory (to "
+     "disk for tags with backup=\"disk\"). A failed sleep keeps what is "
+     "asleep asleep, with its backup; a retry completes it. A disk that "
+     "cannot take the disk backups (ENOSPC, EIO) changes nothing."},
     {"wake", VARKW(Instance_wake),
      "wake($self, /, tags=None)\n--\n\n"
      "Map memory again for the sleeping allocations of tags (None: all) and "
@@ -909,11 +960,16 @@ static PyMethodDef Instance_methods[] = {
     {"tag_options", (PyCFunction)Instance_tag_options, METH_O,
      "tag_options($self, tag, /)\n--\n\n"
      "The tag's choices: a dict of backup, skip_unchanged, prepare_ahead."},
+    {"set_disk_dir", (PyCFunction)Instance_set_disk_dir, METH_O,
+     "set_disk_dir($self, path, /)\n--\n\n"
+     "Where tags with backup=\"disk\" sleep from now on: a directory that "
+     "exists and takes new files (str or path-like); None = nowhere. "
+     "Backups already on disk stay where they are."},
     {"stats", VARKW(Instance_stats),
      "stats($self, /, tag=None)\n--\n\n"
      "Figures for one tag, or all tags together: allocations, "
-     "bytes_allocated, bytes_mapped, bytes_asleep, bytes_backed_up, "
-     "bytes_host_held, bytes_host_pinned."},
+     "bytes_allocated, bytes_mapped, bytes_asleep, bytes_backed_up (host or "
+     "disk), bytes_host_held, bytes_host_pinned, bytes_on_disk."},
     {"tags", (PyCFunction)Instance_tags, METH_NOARGS,
      "tags($self, /)\n--\n\n"
      "Every tag used so far, as a list."},
@@ -958,6 +1014,8 @@ static PyGetSetDef Instance_getset[] = {
     {"backend", (getter)Instance_get_backend, NULL,
      "the backend's name: \"cuda\" or \"host\"", NULL},
     {"closed", (getter)Instance_get_closed, NULL, "True after close()", NULL},
+    {"disk_dir", (getter)Instance_get_disk_dir, NULL,
+     "where tags with backup=\"disk\" sleep (absolute path), or None", NULL},
     {NULL, NULL, NULL, NULL, NULL}};
 
 static PyTypeObject InstanceType = {
@@ -968,12 +1026,13 @@ static PyTypeObject InstanceType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Instance(backend=None, *, chunk_size=None, zero_on_wake=None, "
               "retain_backup=None, copy_chunk=None, host_threads=None, "
-              "verbose=None, fault=False, prepare_ahead=None, "
+              "verbose=None, fault=False, disk_dir=None, prepare_ahead=None, "
               "prepare_ahead_delay_ms=None)\n--\n\n"
               "One cumem instance (cumem_open), with its own allocations, "
               "tags and backups. Options left None keep their default (then "
               "the CUMEM_* environment); fault=True wraps the backend in the "
-              "fault-injecting one, for tests (see fault_arm). Use "
+              "fault-injecting one, for tests (see fault_arm); disk_dir (a "
+              "path) is where tags with backup=\"disk\" sleep. Use "
               "cumem.default() for the process-wide instance that PyTorch "
               "allocations go to.",
     .tp_methods = Instance_methods,

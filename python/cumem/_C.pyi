@@ -2,6 +2,7 @@
 (include/cumem.h). tests/python/test_stubs.py checks that every name here
 exists in the module and every name of the module is here."""
 
+import os
 from types import TracebackType
 from typing import Iterable, Optional, Union
 
@@ -32,6 +33,7 @@ ENOTSUP: int
 ENOSPC: int
 EBUSY: int
 EFORKED: int
+EIO: int
 
 class CumemError(RuntimeError):
     """A cumem call failed; .code is the negative CUMEM_E* code."""
@@ -55,6 +57,7 @@ class Instance:
         host_threads: Optional[int] = None,
         verbose: Optional[int] = None,
         fault: bool = False,
+        disk_dir: Union[None, str, bytes, "os.PathLike[str]"] = None,
         prepare_ahead: Optional[str] = None,
         prepare_ahead_delay_ms: Optional[int] = None,
     ) -> None: ...
@@ -64,6 +67,10 @@ class Instance:
     @property
     def closed(self) -> bool:
         """True after close()."""
+    @property
+    def disk_dir(self) -> Optional[str]:
+        """Where tags with backup="disk" sleep (absolute path), or None."""
+    def set_disk_dir(self, path: Union[None, str, bytes, "os.PathLike[str]"], /) -> None: ...
     def alloc(self, size: int, device: int = 0, tag: Optional[str] = None, peer_mask: int = 0) -> int: ...
     def free(self, ptr: int, stream: Optional[int] = None) -> None: ...
     def query(self, ptr: int, /) -> dict[str, Union[int, bool, str]]: ...

@@ -6,35 +6,73 @@ SGLang / verl / slime user changes one import:
 
     from cumem import torch_memory_saver
 
-Tags. torch_memory_saver chooses backup per region (enable_cpu_backup), cumem
-chooses it per tag at sleep time. Each (tag, enable_cpu_backup) pair is
-therefore its own cumem tag: "tms:<tag>" for regions without backup and
-"tms+cpu:<tag>" for regions with one, and pause(tag) sleeps both, offloading
-the second. The prefixes also keep these allocations apart from
-CuMemAllocator's and the native API's, so pause(None) pauses only memory made
-through this object. cumem.stats("tms+cpu:default") shows their figures.
+Tags. torch_memory_saver chooses backup per region (enable_cpu_backup,
+enable_disk_backup), cumem chooses it per tag at sleep time. Each (tag,
+backup) pair is therefore its own cumem tag: "tms:<tag>" for regions without
+backup, "tms+cpu:<tag>" for regions with a CPU backup and "tms+disk:<tag>"
+(a tag whose backup option is "disk") for regions with a disk backup;
+pause(tag) sleeps all three, offloading the last two. The prefixes also keep
+these allocations apart from CuMemAllocator's and the native API's, so
+pause(None) pauses only memory made through this object.
+cumem.stats("tms+cpu:default") shows their figures.
+
+Disk backups go to files under one directory per process:
+set_disk_backup_dir(path), or CUMEM_DISK_DIR (TMS_DISK_BACKUP_DIR is taken
+when neither is set). Unlike torch_memory_saver, cumem does not fall back to
+/tmp: a pause with nowhere to write raises. The files have no name, are
+removed on resume, and a full disk makes pause raise (CumemError, code
+ENOSPC) with every tensor of the call still on the GPU and intact.
+
+cpu_backup_backend. torch_memory_saver's "pinned" backup is cudaMallocHost
+memory (fast copies; freeing it often does not lower RSS, tms#90) and its
+"mmap" backup an anonymous mapping (munmap lowers RSS; copies are pageable
+and slower). cumem has one kind that gives both: an anonymous mapping,
+page-locked with cuMemHostRegister while held (full-speed copies) and
+given back with munmap (RSS drops). So both values are accepted (and
+checked as torch_memory_saver checks them) and behave the same; the one
+difference from torch_memory_saver's "mmap" is that the backup is
+page-locked, not pageable, while it is held.
 
 Errors raise (cumem.CumemError, a RuntimeError); nothing calls exit(). A
 resume that fails (out of memory) keeps every backup: resume again later.
 """
 
 import contextlib
+import os
 import threading
 
 from . import _C, _timing, _torch
 
 _PLAIN = "tms:"
 _BACKUP = "tms+cpu:"
+_DISK = "tms+disk:"
+_PREFIXES = (_PLAIN, _BACKUP, _DISK)
+_OFFLOADED = (_BACKUP, _DISK)
 _TAG_DEFAULT = "default"
+_CPU_BACKUP_BACKENDS = ("pinned", "mmap")
 
 
-def _internal_tag(tag, enable_cpu_backup):
+def _internal_tag(tag, enable_cpu_backup, enable_disk_backup=False):
     if not isinstance(tag, str) or not tag:
         raise ValueError(f"tag must be a non-empty str, got {tag!r}")
-    name = (_BACKUP if enable_cpu_backup else _PLAIN) + tag
+    if enable_cpu_backup and enable_disk_backup:
+        raise ValueError("enable_cpu_backup and enable_disk_backup are mutually exclusive")
+    prefix = _DISK if enable_disk_backup else _BACKUP if enable_cpu_backup else _PLAIN
+    name = prefix + tag
     if len(name.encode()) > _C.TAG_MAX:
-        raise ValueError(f"tag {tag!r} is too long (at most {_C.TAG_MAX - len(_BACKUP)} bytes)")
+        raise ValueError(f"tag {tag!r} is too long (at most {_C.TAG_MAX - len(prefix)} bytes)")
     return name
+
+
+def _check_cpu_backup_backend(enable_cpu_backup, cpu_backup_backend):
+    # As torch_memory_saver checks it; both values then behave the same (see
+    # the module's docstring).
+    if cpu_backup_backend is None:
+        return
+    if cpu_backup_backend not in _CPU_BACKUP_BACKENDS:
+        raise ValueError(f"cpu_backup_backend must be 'pinned' or 'mmap', got {cpu_backup_backend!r}")
+    if not enable_cpu_backup:
+        raise ValueError("cpu_backup_backend requires enable_cpu_backup=True")
 
 
 class TorchMemorySaver:
@@ -59,14 +97,18 @@ class TorchMemorySaver:
 
     @contextlib.contextmanager
     def region(self, tag=_TAG_DEFAULT, enable_cpu_backup=False, enable_disk_backup=False, cpu_backup_backend=None):
-        """Tensors created inside are pausable under `tag`; with
-        enable_cpu_backup their content survives pause/resume, otherwise it
-        is discarded. (cpu_backup_backend is accepted and ignored: cumem
-        always backs up to retained, page-locked mmap memory.)"""
+        """Tensors created inside are pausable under `tag`. Their content
+        survives pause/resume in host memory with enable_cpu_backup, in
+        files under the disk backup directory with enable_disk_backup (the
+        two exclude each other), and is discarded otherwise.
+        cpu_backup_backend ("pinned" or "mmap", only with enable_cpu_backup)
+        is checked and makes no difference: see the module's docstring."""
+        _check_cpu_backup_backend(enable_cpu_backup, cpu_backup_backend)
+        itag = _internal_tag(tag, enable_cpu_backup, enable_disk_backup)
         if enable_disk_backup:
-            raise NotImplementedError("cumem has no disk backup; use enable_cpu_backup=True")
-        itag = _internal_tag(tag, enable_cpu_backup)
-        self._configure(itag, enable_cpu_backup)
+            self._use_disk(itag)
+        elif not enable_cpu_backup:
+            self._never_pin(itag)
         with _torch.allocate_in(self._pool(itag), itag):
             yield
         if enable_cpu_backup and _torch.prepare_ahead_wanted(self.prepare_ahead, tag):
@@ -75,14 +117,28 @@ class TorchMemorySaver:
             if itag in inst.tags():
                 inst.prepare_backup_async([itag])
 
-    def _configure(self, itag, enable_cpu_backup):
-        # A region without CPU backup is never offloaded: keep the core's
+    def _never_pin(self, itag):
+        # A region without backup is never offloaded: keep the core's
         # prepare-ahead (CUMEM_PREPARE_AHEAD=all) from pinning host memory
         # for it.
-        if enable_cpu_backup or itag in self._configured:
-            return
-        _C.default().set_tag_options(itag, prepare_ahead=False)
-        self._configured.add(itag)
+        if itag not in self._configured:
+            _C.default().set_tag_options(itag, prepare_ahead=False)
+            self._configured.add(itag)
+
+    def _use_disk(self, itag):
+        # The tag's backup goes to disk; the directory, if none is set yet,
+        # from torch_memory_saver's variable.
+        inst = _C.default()
+        env_dir = os.environ.get("TMS_DISK_BACKUP_DIR")
+        if inst.disk_dir is None and env_dir:
+            self.set_disk_backup_dir(env_dir)
+        inst.set_tag_options(itag, backup="disk")
+
+    def set_disk_backup_dir(self, path):
+        """Write disk backups under `path` (created if missing) from now on.
+        Backups already on disk stay where they are until resumed."""
+        os.makedirs(path, exist_ok=True)
+        _C.default().set_disk_dir(path)
 
     def _pool(self, itag):
         import torch
@@ -112,6 +168,7 @@ class TorchMemorySaver:
         cumem once the graph is destroyed (at the next sweep)."""
         import torch
 
+        _check_cpu_backup_backend(enable_cpu_backup, cpu_backup_backend)
         itag = _internal_tag(tag, enable_cpu_backup)
         own_pool = _torch.new_pool() if pool is None else None
         try:
@@ -152,19 +209,22 @@ class TorchMemorySaver:
     def _tags(self, tag):
         known = _C.default().tags()
         if tag is None:
-            return [t for t in known if t.startswith(_PLAIN) or t.startswith(_BACKUP)]
-        return [t for t in (_PLAIN + tag, _BACKUP + tag) if t in known]
+            return [t for t in known if t.startswith(_PREFIXES)]
+        return [t for t in (p + tag for p in _PREFIXES) if t in known]
 
     def pause(self, tag=None):
         """Release the GPU memory of `tag`'s regions (None: all), backing up
-        those made with enable_cpu_backup. Waits for the device first."""
+        those made with enable_cpu_backup (to host memory) or
+        enable_disk_backup (to files). Waits for the device first. When the
+        disk cannot take the disk backups (CumemError: ENOSPC, EIO) nothing
+        is paused and every tensor stays intact on the GPU."""
         steps = _timing.Steps("torch_memory_saver.pause")
         _torch.sweep_if_any()  # memory of destroyed graphs need not sleep
         steps.step("sweep")
         tags = self._tags(tag)
         steps.step("bookkeeping")
         if tags:
-            _C.default().sleep(tags, [t for t in tags if t.startswith(_BACKUP)])
+            _C.default().sleep(tags, [t for t in tags if t.startswith(_OFFLOADED)])
             steps.step("core")
         # PyTorch's own cache of blocks freed outside every region (e.g.
         # temporaries) is not ours to sleep, but the GPU memory a pause
@@ -250,9 +310,10 @@ class TorchMemorySaver:
 
     def get_cpu_backup(self, x, zero_copy=False):
         """The CPU backup of tensor x (same dtype, shape), or None when none
-        holds its content (never paused with enable_cpu_backup, or resumed
-        without retain_cpu_backup). zero_copy=True returns a view of the
-        backup itself, valid until the backup is given back."""
+        holds its content (never paused with enable_cpu_backup, backed up
+        on disk, or resumed without retain_cpu_backup). zero_copy=True
+        returns a view of the backup itself, valid until the backup is
+        given back."""
         import torch
 
         if not x.is_cuda:
