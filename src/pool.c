@@ -4,9 +4,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Take the next item, if any is left and nothing failed. Pre: p->mu held. */
+/* Take the next item, if one is released and nothing failed. Pre: p->mu
+ * held. */
 static int take(cumem__pool_t *p, size_t *i) {
-  if (p->error || p->next >= p->n) return 0;
+  if (p->error || p->next >= p->released) return 0;
   *i = p->next++;
   return 1;
 }
@@ -26,16 +27,22 @@ static void run(cumem__pool_t *p, size_t i) {
   pthread_cond_broadcast(&p->cv);
 }
 
+/* Nothing more will be handed out: all taken, or a failure. */
+static int finished(const cumem__pool_t *p) { return p->error || p->next >= p->n; }
+
 static void *worker(void *arg) {
   cumem__pool_t *p = arg;
   size_t i;
   pthread_mutex_lock(&p->mu);
-  while (take(p, &i)) run(p, i);
+  while (!finished(p)) {
+    if (take(p, &i)) run(p, i);
+    else pthread_cond_wait(&p->cv, &p->mu); /* until more are released */
+  }
   pthread_mutex_unlock(&p->mu);
   return NULL;
 }
 
-int cumem__pool_start(cumem__pool_t *p, cumem__task_fn fn, void *ctx, size_t n, int threads) {
+int cumem__pool_start_gated(cumem__pool_t *p, cumem__task_fn fn, void *ctx, size_t n, int threads) {
   memset(p, 0, sizeof *p);
   p->fn = fn;
   p->ctx = ctx;
@@ -60,15 +67,42 @@ int cumem__pool_start(cumem__pool_t *p, cumem__task_fn fn, void *ctx, size_t n, 
   return 0;
 }
 
+int cumem__pool_start(cumem__pool_t *p, cumem__task_fn fn, void *ctx, size_t n, int threads) {
+  int rc = cumem__pool_start_gated(p, fn, ctx, n, threads);
+  if (!rc) cumem__pool_release(p, n);
+  return rc;
+}
+
+/* Pre: p->mu held. */
+static void release_locked(cumem__pool_t *p, size_t upto) {
+  if (upto > p->n) upto = p->n;
+  if (upto <= p->released) return;
+  p->released = upto;
+  pthread_cond_broadcast(&p->cv);
+}
+
+void cumem__pool_release(cumem__pool_t *p, size_t upto) {
+  pthread_mutex_lock(&p->mu);
+  release_locked(p, upto);
+  pthread_mutex_unlock(&p->mu);
+}
+
+/* The first failure, with its detail on this thread. Pre: p->mu held. */
+static int failure(cumem__pool_t *p) {
+  if (p->error) cumem__error_restore(&p->detail);
+  return p->error;
+}
+
 int cumem__pool_wait(cumem__pool_t *p, size_t k) {
   pthread_mutex_lock(&p->mu);
+  release_locked(p, k + 1);
   while (!p->done[k]) {
     size_t i;
     if (p->next <= k && take(p, &i)) run(p, i); /* nobody took it yet: help, in order */
     else if (p->next <= k) break;               /* never to run: a task failed */
     else pthread_cond_wait(&p->cv, &p->mu);
   }
-  int rc = p->error;
+  int rc = failure(p);
   pthread_mutex_unlock(&p->mu);
   return rc;
 }
@@ -84,6 +118,7 @@ static void finish(cumem__pool_t *p) {
 int cumem__pool_join(cumem__pool_t *p) {
   size_t i;
   pthread_mutex_lock(&p->mu);
+  release_locked(p, p->n);
   while (take(p, &i)) run(p, i);
   pthread_mutex_unlock(&p->mu);
   finish(p); /* workers leave once nothing is left to take */
@@ -96,6 +131,7 @@ int cumem__pool_join(cumem__pool_t *p) {
 void cumem__pool_cancel(cumem__pool_t *p) {
   pthread_mutex_lock(&p->mu);
   p->next = p->n;
+  pthread_cond_broadcast(&p->cv); /* workers waiting for a release leave */
   pthread_mutex_unlock(&p->mu);
   finish(p);
   memset(p, 0, sizeof *p);
