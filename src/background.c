@@ -97,8 +97,8 @@ int cumem__background_step(cumem_t *cm, int ignore_delay, double *due) {
   double now = cumem__now();
   for (alloc_t *a = cm->table.first; a && !work; a = a->next) {
     if (a->ahead != AHEAD_WANTED) continue;
-    if (a->freeing || cumem__is_asleep(a)) {
-      a->ahead = AHEAD_DONE; /* a sleep or free took over */
+    if (a->freeing || cumem__is_asleep(a) || cumem__backs_up_to_disk(a)) {
+      a->ahead = AHEAD_DONE; /* a sleep or free took over, or its backup is a file */
     } else if (!ignore_delay && a->tag->ahead_due > now) {
       if (!*due || a->tag->ahead_due < *due) *due = a->tag->ahead_due;
     } else {

@@ -489,7 +489,7 @@ static int prepare_backups_async(cumem_t *cm, alloc_t **list, size_t n) {
   int queued = 0;
   for (size_t i = 0; i < n; i++) {
     alloc_t *a = list[i];
-    if (a->backed_up || cumem__is_asleep(a)) continue;
+    if (a->backed_up || cumem__is_asleep(a) || cumem__backs_up_to_disk(a)) continue; /* no host backup */
     a->backup.give_back = 0;
     a->ahead = AHEAD_WANTED;
     a->tag->ahead_due = 0;
