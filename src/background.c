@@ -40,12 +40,17 @@
 
 /* ---- the steps (instance lock held) ------------------------------------ */
 
-/* Keep the first failure (what, and the backend's detail) for the next
- * reporting call. */
-static void note_failure(cumem_t *cm, int rc, const char *what, alloc_t *a) {
+/* Keep the first failure (what failed, and the backend's detail) for the
+ * next reporting call. */
+static void note_failure(cumem_t *cm, int rc, int giving_back, alloc_t *a) {
   cumem__error_save_t cause;
   cumem__error_save(&cause);
-  CUMEM_FAIL(rc, "background worker: %s of %p failed: %s", what, (void *)a->va, cause.text);
+  if (giving_back)
+    CUMEM_FAIL(rc, "background worker: giving back the host backup of %p failed; it stays held, as a "
+                   "retained one: %s", (void *)a->va, cause.text);
+  else
+    CUMEM_FAIL(rc, "background worker: preparing the host backup of %p ahead failed; the sleep prepares "
+                   "what is missing: %s", (void *)a->va, cause.text);
   if (cm->bg.error) return;
   cm->bg.error = rc;
   cumem__error_save(&cm->bg.detail);
@@ -55,7 +60,7 @@ static void give_back_step(cumem_t *cm, alloc_t *a) {
   size_t size = a->backup.size;
   int done, rc = cumem__hostbuf_give_back_step(cm->backend, &a->backup, &done);
   if (rc) {
-    note_failure(cm, rc, "giving back the host backup (it stays held, as a retained one)", a);
+    note_failure(cm, rc, 1, a);
     a->backup.give_back = 0;
   } else if (done) {
     cm->bg.given_back += size;
@@ -66,7 +71,7 @@ static void prepare_step(cumem_t *cm, alloc_t *a) {
   int done = 0, rc = cumem__backup_map(cm, a);
   if (!rc) rc = cumem__hostbuf_prepare_step(cm->backend, &a->backup, TOUCH_STEP, cm->register_lock_fd, &done);
   if (rc) {
-    note_failure(cm, rc, "preparing the host backup ahead (the sleep will)", a);
+    note_failure(cm, rc, 0, a);
     a->ahead = AHEAD_DONE;
   } else if (done) {
     a->ahead = AHEAD_DONE;
