@@ -3,11 +3,20 @@
  * Llama-3-8B-shaped bf16 weights (offloaded) and a 32 GiB KV cache
  * (discarded) — and print one table (or, with --json, one document):
  * seconds, GB/s and percent of the link for the cold sleep (nothing pinned
- * yet), warm sleeps, wakes, the discard-only sleep and wake, and the host
- * memory held after a wake with retention off. The restored weights are
- * verified byte for byte. */
+ * yet), warm sleeps, wakes, the discard-only sleep and wake; then, with
+ * retention off and the weights in prepare-ahead mode, the first sleep
+ * (pinned ahead in the background), the wake, and how long after it the host
+ * memory is back (RSS); then pinning ahead with a call and the first sleep
+ * after it. The restored weights are verified byte for byte.
+ *
+ * For the several-GPU runs (bench/concurrent.py): CUMEM_BENCH_BARRIER=DIR:N
+ * lines the N processes up before each timed phase; CUMEM_BENCH_PRETOUCH_GIB
+ * touches that much fresh host memory (and gives it back) first. */
 #include "cumem_backend.h"
 #include "tool.h"
+
+#include <dirent.h>
+#include <pthread.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -99,6 +108,86 @@ typedef struct row {
   double link;    /* the link's GB/s in that direction, 0 = n/a */
 } row_t;
 
+/* When the stats say tag's backup is all pinned (or after `limit` s). */
+static double wait_pinned(cumem_t *cm, const char *tag, size_t bytes, double limit) {
+  double end = now_seconds() + limit;
+  cumem_stats_t s;
+  while (now_seconds() < end && !cumem_stats(cm, tag, &s) && s.bytes_host_pinned < bytes) usleep(1000);
+  return now_seconds();
+}
+
+/* When the stats say tag holds no host backup (or after `limit` s). */
+static double wait_given_back(cumem_t *cm, const char *tag, double limit) {
+  double end = now_seconds() + limit;
+  cumem_stats_t s;
+  while (now_seconds() < end && !cumem_stats(cm, tag, &s) && s.bytes_host_held > 0) usleep(500);
+  return now_seconds();
+}
+
+/* When RSS is at most `bytes` (or after `limit` s). */
+static double wait_rss_below(size_t bytes, double limit) {
+  double end = now_seconds() + limit;
+  while (now_seconds() < end && rss_bytes() > bytes) usleep(1000);
+  return now_seconds();
+}
+
+/* CUMEM_BENCH_BARRIER=DIR:N (bench/concurrent.py sets it): the N bench
+ * processes of one run meet before each timed phase, so that their cold
+ * sleeps (or pinning) really overlap. Each leaves a file DIR/<phase>.<pid>
+ * and waits until N are there (two minutes at most). */
+static void barrier(const char *phase) {
+  const char *spec = getenv("CUMEM_BENCH_BARRIER");
+  const char *colon = spec ? strrchr(spec, ':') : NULL;
+  if (!colon) return;
+  int n = atoi(colon + 1);
+  char dir[512], path[600];
+  snprintf(dir, sizeof dir, "%.*s", (int)(colon - spec), spec);
+  snprintf(path, sizeof path, "%s/%s.%d", dir, phase, (int)getpid());
+  FILE *f = fopen(path, "w");
+  if (f) fclose(f);
+  size_t plen = strlen(phase);
+  for (double end = now_seconds() + 120; now_seconds() < end; usleep(500)) {
+    DIR *d = opendir(dir);
+    int seen = 0;
+    for (struct dirent *e; d && (e = readdir(d));) seen += !strncmp(e->d_name, phase, plen) && e->d_name[plen] == '.';
+    if (d) closedir(d);
+    if (seen >= n) return;
+  }
+  fprintf(stderr, "[bench] barrier %s: gave up waiting for %d processes\n", phase, n);
+}
+
+/* CUMEM_BENCH_PRETOUCH_GIB=N: touch N GiB of fresh host memory and give it
+ * back before the benchmark, so the backups meet memory the VM has already
+ * grown (the "pre-touched" case of the several-GPU experiments). */
+typedef struct toucher { unsigned char *p; size_t n; } toucher_t;
+
+static void *touch_part(void *arg) {
+  toucher_t *t = arg;
+  for (size_t off = 0; off < t->n; off += 4096) t->p[off] = 1;
+  return NULL;
+}
+
+static void pretouch(void) {
+  const char *s = getenv("CUMEM_BENCH_PRETOUCH_GIB");
+  double gib = s ? atof(s) : 0;
+  if (gib <= 0) return;
+  size_t n = (size_t)(gib * (double)GiB) & ~(size_t)4095;
+  unsigned char *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return;
+  tool_progress("pre-touching %.1f GiB of host memory", gib);
+  enum { T = 8 };
+  pthread_t th[T];
+  toucher_t parts[T];
+  size_t part = n / T & ~(size_t)4095;
+  for (int i = 0; i < T; i++) {
+    parts[i] = (toucher_t){p + part * (size_t)i, i == T - 1 ? n - part * (size_t)i : part};
+    if (pthread_create(&th[i], NULL, touch_part, &parts[i]) != 0) touch_part(&parts[i]), th[i] = 0;
+  }
+  for (int i = 0; i < T; i++)
+    if (th[i]) pthread_join(th[i], NULL);
+  munmap(p, n);
+}
+
 #define MAX_ROWS 16
 
 /* Everything bench measured, for the table or the JSON document. */
@@ -115,7 +204,14 @@ typedef struct results {
   int verified;    /* every check so far read the weights back intact */
   int checked;     /* at least one check ran */
   double rss_held; /* host memory still held after a wake, retention off */
+  double rss_held_at_wake; /* ... when that wake returned */
   size_t rss_asleep;
+  double give_back_s;  /* wake's return to the backup given back (retention off) */
+  double rss_drop_s;   /* wake's return to RSS within 1% of the backup (-1: not measured) */
+  double ahead_s;      /* allocation to the backup pinned, prepare-ahead mode */
+  double fill_s, fill_alone_s; /* filling the weights with / without pinning meanwhile */
+  int numa_node;
+  int on_gpu;
 } results_t;
 
 static void add_row(results_t *r, const char *step, size_t bytes, double seconds, double link) {
@@ -162,7 +258,8 @@ static int run_bench(const tool_args_t *a, cumem_options_t *o, cumem_t **cm, wor
   int rc = cumem_device_info(*cm, 0, &info);
   if (rc) { tool_fail("device info", rc); return rc; }
   snprintf(r->device, sizeof r->device, "%s", info.name);
-  int on_gpu = !strcmp(r->backend, "cuda");
+  r->numa_node = info.numa_node;
+  int on_gpu = r->on_gpu = !strcmp(r->backend, "cuda");
   size_t wbytes = a->weights ? a->weights : on_gpu ? 16 * GiB : GiB / 4;
   size_t kbytes = a->kv ? a->kv : 2 * wbytes;
   char b1[32], b2[32];
@@ -180,7 +277,9 @@ static int run_bench(const tool_args_t *a, cumem_options_t *o, cumem_t **cm, wor
   if (!rc) rc = workload_alloc_kv(*cm, kv, kbytes, "kv_cache");
   if (rc) { tool_fail("allocate", rc); return rc; }
   tool_progress("filling the weights with a known pattern");
+  double fill0 = now_seconds();
   if ((rc = workload_fill(*cm, w, 1))) { tool_fail("fill", rc); return rc; }
+  r->fill_alone_s = now_seconds() - fill0;
   cumem_stats_t s;
   if ((rc = cumem_stats(*cm, "weights", &s))) { tool_fail("stats", rc); return rc; }
   r->moved = s.bytes_allocated;
@@ -189,6 +288,8 @@ static int run_bench(const tool_args_t *a, cumem_options_t *o, cumem_t **cm, wor
 
   const char *W[] = {"weights", NULL}, *K[] = {"kv_cache", NULL};
   double t;
+  pretouch();
+  barrier("cold");
   tool_progress("cold sleep (no host memory pinned yet)");
   TIMED(t, cumem_sleep(*cm, NULL, W));
   if (rc) { tool_fail("cold sleep", rc); return rc; }
@@ -220,30 +321,57 @@ static int run_bench(const tool_args_t *a, cumem_options_t *o, cumem_t **cm, wor
   add_row(r, "discard-only sleep, KV cache (median)", 0, median(sl, r->rounds), 0);
   add_row(r, "discard-only wake, KV cache (median)", 0, median(wk, r->rounds), 0);
 
-  /* Retention off: after the wake, the backup's host memory is gone. */
-  tool_progress("retention off: host memory held after wake");
+  /* Retention off, prepare-ahead mode for the weights: the background
+   * worker pins their backup once the tag stops growing (no call), the wake
+   * returns once the content is back and the worker gives the backup back
+   * after it. */
+  tool_progress("retention off, weights prepared ahead in the background");
   cumem_close(*cm); /* frees the workload's memory */
   *cm = NULL;
   workload_free(NULL, w);
   workload_free(NULL, kv);
   o->retain_backup = 0;
+  o->prepare_ahead = "weights";
   if ((rc = cumem_open(cm, o))) { tool_fail("open", rc); return rc; }
   if ((rc = workload_alloc_weights(*cm, w, wbytes, "weights"))) { tool_fail("allocate", rc); return rc; }
-  tool_progress("retention off: filling the weights again");
+  double loaded = now_seconds();
+  tool_progress("retention off: filling the weights again (pinning ahead meanwhile)");
   if ((rc = workload_fill(*cm, w, 2))) { tool_fail("fill", rc); return rc; }
-  /* Pinning ahead of time (right after loading), then the first sleep. */
-  tool_progress("backup prepared ahead, then the first sleep");
+  r->fill_s = now_seconds() - loaded;
+  r->ahead_s = wait_pinned(*cm, "weights", r->moved, 600) - loaded;
+  barrier("ahead");
+  tool_progress("first sleep in prepare-ahead mode, wake, host memory given back");
+  if ((rc = cumem_stats(*cm, "weights", &s))) { tool_fail("stats", rc); return rc; }
+  size_t rss_now = rss_bytes(); /* the backup's pages are all resident: the rest is the base */
+  size_t rss_base = rss_now > s.bytes_host_held ? rss_now - s.bytes_host_held : 0;
+  TIMED(t, cumem_sleep(*cm, NULL, W));
+  if (rc) { tool_fail("sleep", rc); return rc; }
+  add_row(r, "first sleep, prepare-ahead mode (no call)", r->moved, t, r->link.d2h);
+  TIMED(t, cumem_wake(*cm, NULL));
+  if (rc) { tool_fail("wake", rc); return rc; }
+  double woke = now_seconds();
+  add_row(r, "wake, retention off (given back after)", r->moved, t, r->link.h2d);
+  size_t rss_at_wake = rss_bytes();
+  r->give_back_s = wait_given_back(*cm, "weights", 30) - woke;
+  /* RSS is the host's own view on cuda (the host backend's device memory is
+   * host memory too: its RSS says nothing about backups). */
+  r->rss_drop_s = on_gpu ? wait_rss_below(rss_base + r->moved / 100, 30) - woke : -1;
+  size_t rss_after = rss_bytes();
+  r->rss_held = rss_after > rss_base ? (double)(rss_after - rss_base) : 0;
+  r->rss_held_at_wake = rss_at_wake > rss_base ? (double)(rss_at_wake - rss_base) : 0;
+  if ((rc = verify(*cm, w, 2, r))) return rc;
+
+  /* Pinning ahead with a call (right after loading), then the first sleep. */
+  barrier("pin");
+  tool_progress("backup prepared ahead by a call, then the first sleep");
   TIMED(t, cumem_prepare_backup(*cm, W));
   if (rc) { tool_fail("prepare backup", rc); return rc; }
   add_row(r, "prepare backup ahead (pin only, no copy)", r->moved, t, r->link.d2h);
-  size_t rss_before = rss_bytes();
   TIMED(t, cumem_sleep(*cm, NULL, W));
   if (rc) { tool_fail("sleep", rc); return rc; }
   add_row(r, "first sleep after prepare", r->moved, t, r->link.d2h);
   r->rss_asleep = rss_bytes();
   if ((rc = cumem_wake(*cm, NULL))) { tool_fail("wake", rc); return rc; }
-  size_t rss_after = rss_bytes();
-  r->rss_held = rss_after > rss_before ? (double)(rss_after - rss_before) : 0;
   return verify(*cm, w, 2, r);
 }
 
@@ -273,7 +401,14 @@ static void print_json(const results_t *r, int exit_code) {
   }
   json_end(&j);
   json_uint(&j, "rss_held_after_wake_retention_off_bytes", (uint64_t)r->rss_held);
+  json_uint(&j, "rss_held_at_wake_return_bytes", (uint64_t)r->rss_held_at_wake);
   json_uint(&j, "rss_asleep_bytes", r->rss_asleep);
+  json_number(&j, "give_back_seconds", r->give_back_s);
+  json_number(&j, "rss_drop_seconds", r->rss_drop_s);
+  json_number(&j, "prepare_ahead_ready_seconds", r->ahead_s);
+  json_number(&j, "fill_seconds", r->fill_s);
+  json_number(&j, "fill_alone_seconds", r->fill_alone_s);
+  json_int(&j, "numa_node", r->numa_node);
   json_bool(&j, "verified", r->checked && r->verified);
   tool_json_end(&j, exit_code);
 }
@@ -295,9 +430,16 @@ static void print_table(const results_t *r) {
     else
       printf("| %-48s | %9.4f | %8s | %9s |\n", row->step, row->seconds, "-", "-");
   }
-  printf("\nretention off: host memory held after wake: %s (%.2f%% of the %s backup)\n",
-         fmt_bytes((size_t)r->rss_held, b1), r->moved ? 100 * r->rss_held / (double)r->moved : 0,
-         fmt_bytes(r->moved, b2));
+  printf("\nretention off: the backup was given back %.0f ms after wake returned", r->give_back_s * 1e3);
+  if (r->on_gpu)
+    printf(" (RSS within 1%% %.0f ms after); RSS held when wake returned: %s, after: %s (%.2f%% of the "
+           "backup)\n", r->rss_drop_s * 1e3, fmt_bytes((size_t)r->rss_held_at_wake, b1),
+           fmt_bytes((size_t)r->rss_held, b2), r->moved ? 100 * r->rss_held / (double)r->moved : 0);
+  else
+    printf(" (RSS not measured: the host backend's device memory is host memory)\n");
+  printf("prepare-ahead mode: the weights' backup was pinned %.2f s after their allocation; filling them took "
+         "%.2f s meanwhile (%.2f s with no pinning, in the first part)\n", r->ahead_s, r->fill_s,
+         r->fill_alone_s);
   printf("verified: %s\n", r->verified ? "every byte of the weights restored, every round" : "FAILED: bytes differ");
 }
 
@@ -307,6 +449,7 @@ int cmd_bench(const tool_args_t *a) {
   cumem_options_t o;
   cumem_options_init(&o);
   if (a->backend) o.backend = a->backend;
+  o.prepare_ahead = NULL; /* the cold sleep is cold, whatever CUMEM_PREPARE_AHEAD says */
   cumem_t *cm = NULL;
   double *sl = calloc((size_t)a->rounds, sizeof *sl), *wk = calloc((size_t)a->rounds, sizeof *wk);
   int rc = sl && wk ? 0 : CUMEM_ENOHOST;

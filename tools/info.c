@@ -42,6 +42,7 @@ int info_report(cumem_t *cm, const tool_args_t *a, FILE *out) {
         json_bool(&j, "gpudirect_rdma_with_vmm", info.rdma);
         json_bool(&j, "fabric_handles", info.fabric);
         json_bool(&j, "posix_fd_handles", info.posix_fd);
+        json_int(&j, "numa_node", info.numa_node);
       }
       json_end(&j);
     } else if (rc) {
@@ -55,6 +56,8 @@ int info_report(cumem_t *cm, const tool_args_t *a, FILE *out) {
       fprintf(out, "  GPUDirect RDMA with VMM: %s\n", info.rdma ? "yes" : "no");
       fprintf(out, "  fabric handles:          %s\n", info.fabric ? "yes" : "no");
       fprintf(out, "  POSIX fd handles:        %s\n", info.posix_fd ? "yes" : "no");
+      if (info.numa_node >= 0) fprintf(out, "  nearest NUMA node:       %d\n", info.numa_node);
+      else fprintf(out, "  nearest NUMA node:       unknown (one node, or not reported)\n");
     }
   }
   int exit_code = failed ? TOOL_EXIT_FAILED : TOOL_EXIT_OK;

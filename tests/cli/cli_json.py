@@ -126,7 +126,9 @@ def bench_reports_every_step():
     assert doc["weights_bytes"] >= 16 * MiB and doc["kv_bytes"] >= 8 * MiB, doc
     assert doc["link_bytes"] == 256 * MiB and doc["link_d2h_gbps"] > 0 and doc["link_h2d_gbps"] > 0
     steps = [s["step"] for s in doc["steps"]]
-    assert steps[0].startswith("cold sleep") and len(steps) == 8, steps
+    assert steps[0].startswith("cold sleep") and len(steps) == 10, steps
+    assert "first sleep, prepare-ahead mode (no call)" in steps, steps
+    assert doc["give_back_seconds"] >= 0 and doc["prepare_ahead_ready_seconds"] >= 0, doc
     for s in doc["steps"]:
         assert s["seconds"] >= 0, s
         if "bytes" in s:
