@@ -31,9 +31,10 @@
  *    lock): a call waits at most for the calls queued before it, so a thread
  *    that sleeps and wakes back to back cannot hold off other threads'
  *    cumem_stats or cumem_alloc for more than the call in progress and the
- *    ones already queued. cumem_close refuses with CUMEM_EBUSY while other
- *    threads wait for the instance; no call may start on it once close has
- *    returned 0.
+ *    ones already queued. cumem_close lets calls that wait for the instance
+ *    through before it frees it; no call may start on it once close has
+ *    returned 0 (Python's Instance.close() refuses with CUMEM_EBUSY while
+ *    other threads' calls run).
  *  - fork(): in a child process every call on an instance opened before the
  *    fork, and cumem_default() when its instance was, returns CUMEM_EFORKED
  *    at once, even when another thread of the parent was inside a call (a
@@ -96,7 +97,8 @@ CUMEM_API unsigned cumem_version_hex(void);
   XX(ENOTSUP, -10, "not supported by this backend or device")                 \
   XX(ENOSPC, -11, "out of disk space for a backup")                           \
   XX(EBUSY, -12, "busy: other calls are still using it")                      \
-  XX(EFORKED, -13, "the instance belongs to the parent process (fork)")
+  XX(EFORKED, -13, "the instance belongs to the parent process (fork)")      \
+  XX(EIO, -14, "disk I/O failed for a backup")
 
 enum {
   CUMEM_OK = 0,
@@ -132,10 +134,31 @@ typedef struct cumem_options {
   int host_threads;     /* threads preparing pinned host memory, 1 to 256;
                            CUMEM_HOST_THREADS (default: min(8, cores)) */
   int release_threads;  /* threads releasing discarded allocations while the
-                           copies run, 1 to 16; CUMEM_RELEASE_THREADS
+                           copies run, 1 to 64; CUMEM_RELEASE_THREADS
                            (default 4) */
   int verbose;          /* 0/1: this instance prints what it decides, its
                            timings and its errors to stderr; CUMEM_VERBOSE */
+  const char *prepare_ahead; /* tags whose host backups are pinned in the
+                           background ahead of the first sleep: "a,b" or
+                           "all"; NULL or "" = none (a tag's own
+                           prepare_ahead option overrides); the instance
+                           keeps a copy. CUMEM_PREPARE_AHEAD */
+  int prepare_ahead_delay_ms; /* ... starting once the tag has had no new
+                           allocation for this long, 0 to 86400000;
+                           CUMEM_PREPARE_AHEAD_DELAY_MS (default 1000) */
+  int numa;             /* host backups on the NUMA node nearest their GPU:
+                           1 always, 0 never, -1 where the machine has more
+                           than one node (default); CUMEM_NUMA (also
+                           "auto" = -1) */
+  const char *register_lock; /* an experiment: a file path; processes that
+                           name the same file page-lock host memory one at
+                           a time (NULL = no lock); CUMEM_REGISTER_LOCK */
+  const char *disk_dir; /* directory for the backups of tags whose backup is
+                           CUMEM_BACKUP_DISK; NULL or "" = none (sleeping
+                           such a tag is then CUMEM_EINVAL). Checked at open:
+                           it must exist, be a directory and take new files.
+                           Copied: the string need not outlive the call.
+                           CUMEM_DISK_DIR */
   const char *invalid_env; /* NULL, or the name of the first CUMEM_*
                            variable cumem_options_init could not use
                            (malformed, negative, overflowing or out of
@@ -168,18 +191,27 @@ typedef struct cumem cumem_t;
  * option is validated first: CUMEM_EINVAL names the first one not allowed
  * (and its CUMEM_* variable when the value came from the environment) with
  * its allowed values. Fails with CUMEM_ENODRIVER if "cuda" is asked for and
- * no driver/GPU answers. String options are copied. */
+ * no driver/GPU answers. String options need not outlive the call. */
 CUMEM_API int cumem_open(cumem_t **out, const cumem_options_t *opts);
 /* Free every allocation and backup, then the instance. NULL is a no-op.
- * CUMEM_EBUSY while other threads wait for the instance (nothing is freed
- * under them); on any failure the instance stays open and usable, and close
- * can be retried. */
+ * Calls of other threads that are waiting for the instance meanwhile are
+ * let through first (they find it emptied): it is never freed under them.
+ * On failure the instance stays open and usable, and close can be
+ * retried. */
 CUMEM_API int cumem_close(cumem_t *cm);
 /* "cuda" or "host" (or a custom backend's name). */
 CUMEM_API const char *cumem_backend_name(const cumem_t *cm);
 /* The process-wide instance used by the PyTorch entry points and Python,
  * opened on first use with the environment's options. */
 CUMEM_API int cumem_default(cumem_t **out);
+
+/* Change the instance's disk_dir (checked as at open; NULL or "" = none).
+ * Backups already on disk stay where they are (their files have no name);
+ * later sleeps write under the new directory. */
+CUMEM_API int cumem_set_disk_dir(cumem_t *cm, const char *dir);
+/* Copy the disk_dir (an absolute path; "" when none) into buf. CUMEM_EINVAL
+ * when it does not fit in cap bytes. */
+CUMEM_API int cumem_get_disk_dir(cumem_t *cm, char *buf, size_t cap);
 
 /* ---- tags -------------------------------------------------------------- */
 
@@ -196,7 +228,11 @@ CUMEM_API const char *cumem_current_tag(void);
 #define CUMEM_TAG_INHERIT (-1)
 enum {
   CUMEM_BACKUP_HOST = 0, /* offloaded content goes to pinned host memory */
-  CUMEM_BACKUP_DISK = 1, /* ... to files under the instance's disk_dir */
+  CUMEM_BACKUP_DISK = 1, /* ... to files under the instance's disk_dir,
+                            through a few pinned staging buffers: no host
+                            copy is kept. Files have no name (nothing left
+                            over after a crash can be read) and are removed
+                            on wake, free and close. */
 };
 typedef struct cumem_tag_options {
   int backup;         /* CUMEM_BACKUP_HOST (default) or CUMEM_BACKUP_DISK */
@@ -238,8 +274,9 @@ typedef struct cumem_alloc_info {
   size_t requested;   /* size asked for */
   int device;
   int asleep;         /* 1 when any of its physical memory is released */
-  int backed_up;      /* 1 when the host backup holds its content */
+  int backed_up;      /* 1 when a backup (host or disk) holds its content */
   char tag[CUMEM_TAG_MAX + 1];
+  int on_disk;        /* 1 when that backup is a file under disk_dir */
 } cumem_alloc_info_t;
 
 /* Describe the allocation that contains ptr (any address inside it). */
@@ -253,16 +290,23 @@ CUMEM_API int cumem_query(cumem_t *cm, const void *ptr,
 
 /* Put to sleep every awake allocation whose tag is in `tags`: first wait for
  * all work queued on its device, copy those whose tag is in `offload_tags` to
- * host memory, then release their physical memory; addresses stay reserved.
+ * host memory (or to disk, for tags whose backup is CUMEM_BACKUP_DISK), then
+ * release their physical memory; addresses stay reserved.
  * An allocation is released only after its backup is complete. On failure
  * the allocations already asleep stay asleep (with their backups) and the
- * rest stay awake; a retry completes the sleep. Asleep ones are skipped. */
+ * rest stay awake; a retry completes the sleep. Asleep ones are skipped.
+ * Disk backups are written first, before anything of the call is released:
+ * when one cannot be written (CUMEM_ENOSPC for a full disk or a file size
+ * limit, CUMEM_EIO for other I/O errors) the call changes nothing — every
+ * allocation it names stays awake and intact, whatever its tag — and the
+ * files it wrote are removed. */
 CUMEM_API int cumem_sleep(cumem_t *cm, const char *const *tags,
                           const char *const *offload_tags);
 /* Wake every sleeping allocation whose tag is in `tags`: create and map
  * physical memory at the same addresses and restore backed-up content. On
  * failure everything this call mapped is released again, every backup is
- * kept, and a later wake restores all of it. Awake ones are skipped. */
+ * kept, and a later wake restores all of it. Awake ones are skipped. Disk
+ * backups are removed once the wake has succeeded (never retained). */
 CUMEM_API int cumem_wake(cumem_t *cm, const char *const *tags);
 
 /* Pin host backup memory for these tags' allocations ahead of time, so that
@@ -271,17 +315,47 @@ CUMEM_API int cumem_prepare_backup(cumem_t *cm, const char *const *tags);
 /* Give back every host backup that holds no content still to restore
  * (munmap: RSS drops): retained ones of awake allocations, and the buffers
  * kept for reuse by allocations whose content a sleep discarded (asleep or
- * not). Backups of allocations asleep with their content are kept. */
+ * not); and staging buffers of the disk tier that a failed call could not.
+ * Backups of allocations asleep with their content are kept. */
 CUMEM_API int cumem_release_backup(cumem_t *cm, const char *const *tags);
+
+/* Background work. Each instance has a worker thread (started on first
+ * need, joined by cumem_close) that
+ *  - gives back host backups after a wake when they are not retained
+ *    (retain_backup = 0) or after cumem_release_backup_async: wake returns
+ *    once the content is restored, and the memory (RSS) is given back
+ *    right after, in small steps; a sleep that comes first reuses what is
+ *    still pinned;
+ *  - pins the host backups of prepare-ahead tags (the prepare_ahead option
+ *    and tag option) once the tag has had no new allocation for
+ *    prepare_ahead_delay_ms, and those named by cumem_prepare_backup_async
+ *    at once, touching a few pages per step, so that the first sleep only
+ *    copies. It costs host memory (the size of the backups, pinned) from
+ *    then on.
+ * A failure of background work loses nothing (the backup stays, accounted
+ * in bytes_host_held). It is reported once, by the next cumem_sleep,
+ * cumem_wake, cumem_prepare_backup[_async], cumem_release_backup[_async]
+ * or cumem_drain, which then returns it and does nothing else (call it
+ * again to do its work). */
+/* Queue the pinning of these tags' backups (awake allocations, not yet
+ * backed up) and return at once. NULL = every tag. */
+CUMEM_API int cumem_prepare_backup_async(cumem_t *cm, const char *const *tags);
+/* Queue the giving back of these tags' retained backups (awake
+ * allocations) and return at once. NULL = every tag. */
+CUMEM_API int cumem_release_backup_async(cumem_t *cm, const char *const *tags);
+/* Finish all background work now, on this thread (delays ignored), then
+ * report the first failure of background work not yet reported. */
+CUMEM_API int cumem_drain(cumem_t *cm);
 
 /* Where the host backup keeps the bytes of ptr (any address inside a live
  * allocation): *host points into the pinned backup, *len counts the bytes
  * from there to the end of the allocation. The backup holds the content the
  * last sleep saved — while asleep, and after wake as long as it is retained
  * (it is not updated by later writes to the device). CUMEM_ENOTFOUND when
- * ptr is not live or the backup holds no valid content: no sleep has saved
- * it yet, or the last sleep discarded the allocation (a retained buffer may
- * still be held for the next offloading sleep, but never as its content).
+ * ptr is not live or no host backup holds valid content: no sleep has
+ * saved it yet, the last sleep discarded the allocation (a retained buffer
+ * may still be held for the next offloading sleep, but never as its
+ * content), or the content is on disk (a disk backup has no host view).
  * The view is valid until the backup is given back (wake without
  * retention, release_backup, free, close); cumem_backup_pin keeps it. */
 CUMEM_API int cumem_backup_view(cumem_t *cm, const void *ptr, void **host,
@@ -321,11 +395,15 @@ typedef struct cumem_stats {
   size_t bytes_allocated; /* their rounded sizes */
   size_t bytes_mapped;    /* of which backed by physical memory now */
   size_t bytes_asleep;    /* of which released */
-  size_t bytes_backed_up; /* content held in host backups while asleep */
-  size_t bytes_host_held; /* pinned host memory held by backups: with
-                             content to restore, retained after wake, or
-                             kept for reuse after a discarding sleep (not
-                             memory detached to pins) */
+  size_t bytes_backed_up; /* content held in backups while asleep */
+  size_t bytes_host_held; /* host backup memory held: with content to
+                             restore, retained after wake, or kept for
+                             reuse after a discarding sleep (not memory
+                             detached to pins) */
+  size_t bytes_on_disk;   /* of bytes_backed_up, held in files under
+                             disk_dir */
+  size_t bytes_host_pinned; /* of bytes_host_held, page-locked (ready for
+                               copies) */
 } cumem_stats_t;
 
 /* Figures for one tag, or for all when tag is NULL. */
@@ -353,6 +431,7 @@ typedef struct cumem_device_info {
   int rdma;           /* GPUDirect RDMA with VMM supported */
   int fabric;         /* fabric handles supported */
   int posix_fd;       /* POSIX file-descriptor handles supported */
+  int numa_node;      /* the host NUMA node nearest the device; -1 unknown */
 } cumem_device_info_t;
 
 CUMEM_API int cumem_device_count(cumem_t *cm, int *count);

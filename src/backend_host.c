@@ -13,10 +13,11 @@
  * Emulation settings: CUMEM_HOST_DEVICES (1 to 64, default 1),
  * CUMEM_HOST_MEMORY_MB per device (default 8192; units allowed, "16G"),
  * CUMEM_HOST_GRANULARITY_KB (a power of two and a multiple of the page size;
- * default 2048, as on an H200), and CUMEM_HOST_POISON=1, which fills new
+ * default 2048, as on an H200), CUMEM_HOST_POISON=1, which fills new
  * physical memory with 0xA5 instead of zeros (fresh memfd pages read zero,
- * which would hide a missing zeroing). A value that is not allowed makes
- * cumem_backend_host fail with CUMEM_EINVAL naming it. */
+ * which would hide a missing zeroing), and CUMEM_HOST_NUMA_NODE, the NUMA
+ * node the devices report (default -1, unknown). A value that is not
+ * allowed makes cumem_backend_host fail with CUMEM_EINVAL naming it. */
 #define _GNU_SOURCE /* memfd_create */
 #include "internal.h"
 #include "options.h"
@@ -54,6 +55,7 @@ typedef struct host {
   int ndevices;
   size_t capacity, granularity;
   int poison;
+  int numa_node;        /* what device_info reports (CUMEM_HOST_NUMA_NODE) */
   size_t used[HOST_MAX_DEVICES];
   ranges_t reservations, mappings, registrations;
   long handles, streams, events;
@@ -116,6 +118,7 @@ static int host_device_info(cumem_backend_t *b, int device, cumem_device_info_t 
   pthread_mutex_unlock(&h->mu);
   info->granularity = h->granularity;
   info->posix_fd = 1; /* handles are memfds */
+  info->numa_node = h->numa_node;
   return 0;
 }
 
@@ -400,7 +403,7 @@ static void host_destroy(cumem_backend_t *b) {
 typedef struct host_settings {
   int devices;
   size_t memory, granularity;
-  int poison;
+  int poison, numa_node;
 } host_settings_t;
 
 static const cumem__option_t host_rows[] = {
@@ -414,6 +417,8 @@ static const cumem__option_t host_rows[] = {
      .def = (long long)2 << 20, .env_unit = 1024},
     {.env = "CUMEM_HOST_POISON", .type = CUMEM__OPT_INT, .offset = offsetof(host_settings_t, poison), .min = 0,
      .max = 1, .def = 0, .env_unit = 1},
+    {.env = "CUMEM_HOST_NUMA_NODE", .type = CUMEM__OPT_INT, .offset = offsetof(host_settings_t, numa_node),
+     .min = -1, .max = 1023, .def = -1, .env_unit = 1, .note = "-1 = unknown"},
 };
 
 static int host_settings(host_settings_t *hs) {
@@ -443,6 +448,7 @@ int cumem_backend_host(cumem_backend_t **out) {
   h->capacity = hs.memory;
   h->granularity = hs.granularity;
   h->poison = hs.poison;
+  h->numa_node = hs.numa_node;
   /* Every chunk is a file descriptor: allow as many as the system does. */
   struct rlimit rl;
   if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {

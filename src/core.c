@@ -4,8 +4,12 @@
 #include "core.h"
 #include "options.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ---- tags ---------------------------------------------------------------- */
 
@@ -127,6 +131,21 @@ int cumem__tag_set(cumem_t *cm, const char *const *names, tag_t ***out, size_t *
   return 0;
 }
 
+int cumem__tag_prepares_ahead(const cumem_t *cm, const tag_t *t) {
+  if (t->opts.backup == CUMEM_BACKUP_DISK) return 0; /* its backup is a file, not host memory */
+  if (t->opts.prepare_ahead != CUMEM_TAG_INHERIT) return t->opts.prepare_ahead;
+  const char *list = cm->ahead_tags;
+  if (!list) return 0;
+  if (strcmp(list, "all") == 0) return 1;
+  size_t n = strlen(t->name);
+  for (const char *p = list; *p;) { /* "a,b,c": is t->name one of them? */
+    size_t len = strcspn(p, ",");
+    if (len == n && strncmp(p, t->name, n) == 0) return 1;
+    p += len + (p[len] == ',');
+  }
+  return 0;
+}
+
 int cumem__tag_in(tag_t *t, tag_t **set, size_t n, int all) {
   if (all) return 1;
   for (size_t i = 0; i < n; i++)
@@ -135,6 +154,34 @@ int cumem__tag_in(tag_t *t, tag_t **set, size_t n, int all) {
 }
 
 /* ---- instances ----------------------------------------------------------- */
+
+/* More than one NUMA node online ("0-1", "0,2"; a single one reads "0"). */
+static int several_numa_nodes(void) {
+  FILE *f = fopen("/sys/devices/system/node/online", "r");
+  char line[256] = "";
+  if (f) {
+    if (!fgets(line, sizeof line, f)) line[0] = '\0';
+    fclose(f);
+  }
+  return strpbrk(line, "-,") != NULL;
+}
+
+/* The options that name strings or files become the instance's own: the
+ * caller's strings need not outlive cumem_open. */
+static int take_option_strings(cumem_t *cm) {
+  const char *ahead = cm->opts.prepare_ahead, *lock = cm->opts.register_lock;
+  cm->opts.prepare_ahead = cm->opts.register_lock = NULL;
+  cm->register_lock_fd = -1;
+  if (ahead && *ahead && !(cm->ahead_tags = strdup(ahead)))
+    return CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for the prepare_ahead option");
+  cm->opts.prepare_ahead = cm->ahead_tags;
+  if (lock) {
+    cm->register_lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+    if (cm->register_lock_fd < 0)
+      return CUMEM_FAIL(CUMEM_EINVAL, "register_lock: cannot open %s: %s", lock, strerror(errno));
+  }
+  return 0;
+}
 
 int cumem_open_backend(cumem_t **out, const cumem_options_t *opts, cumem_backend_t *backend) {
   if (!backend) return CUMEM_FAIL(CUMEM_EINVAL, "no backend given");
@@ -152,34 +199,42 @@ int cumem_open_backend(cumem_t **out, const cumem_options_t *opts, cumem_backend
   int scope = cumem__log_scope(!rc && opts->verbose); /* this instance's verbosity from here on */
   cumem_t *cm = rc ? NULL : calloc(1, sizeof *cm);
   if (!rc && !cm) rc = CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for an instance");
-  int table = 0, strings = 0;
+  int table = 0;
   if (!rc) table = !(rc = cumem__table_init(&cm->table));
   if (!rc) {
     cm->opts = *opts;
-    strings = !(rc = cumem__options_copy_strings(&cm->opts));
-  }
-  if (!rc) {
+    cm->opts.backend = NULL; /* the caller's string: only cumem_open needed it */
+    cm->opts.invalid_env = NULL;
     cm->backend = backend;
     rc = backend->device_count(backend, &cm->ndevices);
   }
   if (!rc && cm->ndevices <= 0)
     rc = CUMEM_FAIL(CUMEM_ENODRIVER, "backend %s has no device", backend->name);
   if (!rc && cm->ndevices > CUMEM_MAX_DEVICES) cm->ndevices = CUMEM_MAX_DEVICES;
+  if (!rc && cm->opts.disk_dir && *cm->opts.disk_dir)
+    rc = cumem__disk_dir_check(cm->opts.disk_dir, &cm->disk_dir);
+  if (cm) cm->opts.disk_dir = NULL; /* the caller's string; the instance's own copy is cm->disk_dir */
   for (int d = 0; !rc && d < cm->ndevices; d++) {
     rc = backend->device_info(backend, d, &cm->devices[d].info);
     if (!rc && cm->devices[d].info.granularity == 0)
       rc = CUMEM_FAIL(CUMEM_EDRIVER, "device %d reports granularity 0", d);
     cm->devices[d].known = !rc;
   }
+  if (!rc) rc = take_option_strings(cm);
   if (rc) {
-    if (table) cumem__table_destroy(&cm->table);
-    if (strings) cumem__options_free_strings(&cm->opts);
+    if (cm) {
+      if (table) cumem__table_destroy(&cm->table);
+      free(cm->ahead_tags);
+      free(cm->disk_dir);
+    }
     free(cm);
     backend->destroy(backend);
     cumem__log_scope_restore(scope);
     return rc;
   }
+  cm->numa_bind = cm->opts.numa == 1 || (cm->opts.numa == -1 && several_numa_nodes());
   cumem__lock_init(&cm->lock);
+  cumem__background_init(cm);
   cm->fork_generation = cumem__fork_generation();
   cumem__log("opened on backend %s with %d device(s)", backend->name, cm->ndevices);
   cumem__log_scope_restore(scope);
@@ -299,6 +354,12 @@ int cumem__unmap_chunk(cumem_t *cm, alloc_t *a, size_t i) {
   return 0;
 }
 
+int cumem__backup_map(cumem_t *cm, alloc_t *a) {
+  if (a->backup.ptr) return 0;
+  int node = cm->numa_bind ? cm->devices[a->device].info.numa_node : -1;
+  return cumem__hostbuf_map(&a->backup, a->size, cm->opts.copy_chunk, node);
+}
+
 int cumem__is_asleep(const alloc_t *a) { return a->nmapped < a->nchunks || a->backed_up; }
 
 int cumem__holds_memory(const alloc_t *a) {
@@ -331,6 +392,7 @@ static int alloc_release_all(cumem_t *cm, alloc_t *a) {
   }
   int rc = cumem__hostbuf_free(cm->backend, &a->backup);
   if (rc) return rc;
+  cumem__disk_close(&a->disk);
   a->backed_up = 0;
   /* The address range goes last: while the record exists, no other
    * allocation can be given its addresses. */
@@ -428,6 +490,11 @@ int cumem_alloc_ex(cumem_t *cm, void **out, size_t size, int device, const char 
     cumem__error_restore(&e);
   } else {
     *out = (void *)a->va;
+    if (cumem__tag_prepares_ahead(cm, t)) { /* pinned once the tag stops growing */
+      a->ahead = AHEAD_WANTED;
+      t->ahead_due = cumem__now() + cm->opts.prepare_ahead_delay_ms * 1e-3;
+      cumem__background_kick(cm);
+    }
   }
   cumem__leave(cm);
   return rc;
@@ -486,26 +553,16 @@ int cumem_free_on_stream(cumem_t *cm, void *ptr, void *stream) {
   return rc;
 }
 
-/* CUMEM_EBUSY while other threads wait for the instance: freeing it under
- * them would be a use after free. (Calls that begin after cumem_close has
- * returned cannot be caught: that is the caller's contract.) */
-static int refuse_if_waited_for(cumem_t *cm) {
-  unsigned long waiting = cumem__lock_waiters(&cm->lock);
-  return waiting ? CUMEM_FAIL(CUMEM_EBUSY, "cumem_close: %lu other call(s) are waiting for this instance; "
-                                           "close it once they have returned", waiting)
-                 : 0;
-}
-
-int cumem_close(cumem_t *cm) {
-  if (!cm) return 0;
-  int rc = cumem__enter(cm);
-  if (rc) return rc;
-  rc = refuse_if_waited_for(cm); /* before anything changes */
+/* Everything an instance holds, released. Pre: lock held. On failure what
+ * is left stays recorded, and a retry continues. */
+static int release_everything(cumem_t *cm) {
+  int rc = 0;
   for (int d = 0; d < cm->ndevices && !rc; d++) rc = cm->backend->synchronize(cm->backend, d);
   if (!rc) {
     drain_limbo(cm);
     if (cm->limbo) rc = CUMEM_FAIL(CUMEM_EDRIVER, "could not release what a failed allocation left");
   }
+  if (!rc) rc = cumem__disk_staging_free(cm);
   while (!rc && cm->table.first) {
     alloc_t *a = cm->table.first;
     rc = alloc_release_all(cm, a);
@@ -514,10 +571,26 @@ int cumem_close(cumem_t *cm) {
       alloc_destroy_record(a);
     }
   }
-  if (!rc) rc = refuse_if_waited_for(cm); /* some queued meanwhile */
-  if (rc) {
+  return rc;
+}
+
+int cumem_close(cumem_t *cm) {
+  if (!cm) return 0;
+  int rc = cumem__check_process(cm);
+  if (rc) return rc;
+  for (;;) {
+    cumem__background_stop(cm); /* what it left undone is freed below */
+    rc = cumem__enter(cm);
+    if (rc) return rc;
+    rc = release_everything(cm);
+    if (rc) {
+      cumem__leave(cm);
+      return rc; /* the instance stays usable; close can be retried */
+    }
+    /* Calls that queued for the instance meanwhile must not find it freed:
+     * let them through (they see it empty), then release what they made. */
+    if (!cumem__lock_waiters(&cm->lock) && !cm->bg.started) break;
     cumem__leave(cm);
-    return rc; /* the instance stays usable; close can be retried */
   }
   /* Nobody waits: the lock is never handed on, it is destroyed below. */
   cumem__log_scope_restore(-1);
@@ -529,9 +602,13 @@ int cumem_close(cumem_t *cm) {
     cm->tags = t->next;
     free(t);
   }
+  if (cm->bg.error) cumem__log("close: dropping an unreported background failure (its memory is freed now)");
   cumem__table_destroy(&cm->table);
-  cumem__options_free_strings(&cm->opts);
+  cumem__background_destroy(cm);
   cumem__lock_destroy(&cm->lock);
+  if (cm->register_lock_fd >= 0) close(cm->register_lock_fd);
+  free(cm->ahead_tags);
+  free(cm->disk_dir);
   cm->backend->destroy(cm->backend);
   free(cm);
   return 0;
@@ -560,6 +637,7 @@ int cumem_query(cumem_t *cm, const void *ptr, cumem_alloc_info_t *info) {
     info->device = a->device;
     info->asleep = cumem__is_asleep(a);
     info->backed_up = a->backed_up;
+    info->on_disk = a->backed_up && a->disk.filled;
     strcpy(info->tag, a->tag->name);
   }
   cumem__leave(cm);
@@ -571,6 +649,8 @@ int cumem_query(cumem_t *cm, const void *ptr, cumem_alloc_info_t *info) {
 static int backup_locate(cumem_t *cm, const void *ptr, alloc_t **out, void **host, size_t *len) {
   alloc_t *a = cumem__table_find_containing(&cm->table, (uintptr_t)ptr);
   if (!a || a->freeing) return CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is not inside a live cumem allocation", ptr);
+  if (a->backed_up && a->disk.filled)
+    return CUMEM_FAIL(CUMEM_ENOTFOUND, "the content of %p is backed up on disk: no host view", ptr);
   if (!a->backup.filled)
     return !a->backup.ptr ? CUMEM_FAIL(CUMEM_ENOTFOUND, "%p has no host backup", ptr)
            : cumem__is_asleep(a)
@@ -628,7 +708,9 @@ int cumem_stats(cumem_t *cm, const char *tag, cumem_stats_t *out) {
       out->bytes_mapped += m;
       out->bytes_asleep += a->size - m;
       if (a->backed_up) out->bytes_backed_up += a->size;
+      if (a->backed_up && a->disk.filled) out->bytes_on_disk += a->size;
       out->bytes_host_held += cumem__hostbuf_held(&a->backup);
+      out->bytes_host_pinned += a->backup.pinned;
     }
   }
   cumem__leave(cm);

@@ -46,7 +46,7 @@ static void utf8_trim_tail(char *buf) {
   if (len - (j - 1) < want) buf[j - 1] = '\0';
 }
 
-int cumem__set_error(int code, const char *file, int line, const char *fmt, ...) {
+int cumem_set_error(int code, const char *file, int line, const char *fmt, ...) {
   const char *base = strrchr(file, '/');
   int n = snprintf(last_error, sizeof last_error, "%s:%d: ", base ? base + 1 : file, line);
   if (n < 0 || (size_t)n >= sizeof last_error) n = 0;

@@ -35,6 +35,7 @@ static long long default_host_threads(void) {
 }
 
 static const char *const backend_names[] = {"auto", "cuda", "host", NULL};
+static const struct cumem__opt_word numa_words[] = {{"auto", -1}, {NULL, 0}};
 
 /* A row of cumem_options_t; the type is checked against the field's size at
  * compile time (a negative array size otherwise). */
@@ -60,9 +61,15 @@ static const cumem__option_t option_rows[] = {
     SIZE_ROW(copy_chunk, .env = "CUMEM_COPY_CHUNK_MB", .env_unit = MiB, .min = 4 * KiB,
              .max = CUMEM__OPT_SIZE_LIMIT, .flags = CUMEM__OPT_PAGE, .def = 64 * MiB),
     INT_ROW(host_threads, .env = "CUMEM_HOST_THREADS", .min = 1, .max = 256, .def_fn = default_host_threads),
-    INT_ROW(release_threads, .env = "CUMEM_RELEASE_THREADS", .min = 1, .max = CUMEM__RELEASE_THREADS_MAX,
-            .def = 4),
+    INT_ROW(release_threads, .env = "CUMEM_RELEASE_THREADS", .min = 1, .max = 64, .def = 4),
     INT_ROW(verbose, .env = "CUMEM_VERBOSE", .min = 0, .max = 1, .def = 0),
+    STRING_ROW(prepare_ahead, .env = "CUMEM_PREPARE_AHEAD", .note = "tag names separated by commas, or all"),
+    INT_ROW(prepare_ahead_delay_ms, .env = "CUMEM_PREPARE_AHEAD_DELAY_MS", .min = 0, .max = 86400000,
+            .def = 1000),
+    INT_ROW(numa, .env = "CUMEM_NUMA", .min = -1, .max = 1, .def = -1, .words = numa_words,
+            .note = "-1 where the machine has several nodes"),
+    STRING_ROW(register_lock, .env = "CUMEM_REGISTER_LOCK", .note = "a file path"),
+    STRING_ROW(disk_dir, .env = "CUMEM_DISK_DIR", .note = "an existing directory that takes new files"),
 };
 #define NROWS (sizeof option_rows / sizeof option_rows[0])
 
@@ -100,6 +107,7 @@ static void describe_allowed(const cumem__option_t *o, char *buf, size_t cap) {
       ADD("%lld or %lld", o->min, o->max);
     } else if (o->type == CUMEM__OPT_INT) {
       ADD("from %lld to %lld", o->min, o->max);
+      for (size_t i = 0; o->words && o->words[i].word; i++) ADD(", or %s (%lld)", o->words[i].word, o->words[i].value);
     } else {
       char lo[32], hi[32];
       fmt_size(lo, sizeof lo, (unsigned long long)o->min);
@@ -134,11 +142,13 @@ static const char *range_problem(const cumem__option_t *o, long long v) {
   return NULL;
 }
 
+static const char not_a_choice[] = "not one of the choices";
+
 static const char *string_problem(const cumem__option_t *o, const char *s) {
   if (!s || !o->choices) return NULL; /* NULL: the default */
   for (size_t i = 0; o->choices[i]; i++)
     if (strcmp(s, o->choices[i]) == 0) return NULL;
-  return "not one of the choices";
+  return not_a_choice;
 }
 
 /* A decimal int: optional '-', digits, nothing else. */
@@ -174,6 +184,9 @@ static int refuse(const cumem__option_t *o, const char *source, const char *text
   else if (o->type == CUMEM__OPT_STRING) snprintf(shown, sizeof shown, "\"%.*s\"", (int)cumem__utf8_prefix(s, 64), s);
   else if (o->type == CUMEM__OPT_SIZE) snprintf(shown, sizeof shown, "%zu", (size_t)v);
   else snprintf(shown, sizeof shown, "%lld", v);
+  if (why == not_a_choice) /* 'unknown backend "gpu"', as users expect it said */
+    return source ? CUMEM_FAIL(CUMEM_EINVAL, "unknown %s %s (from %s); allowed: %s", label(o), shown, source, allowed)
+                  : CUMEM_FAIL(CUMEM_EINVAL, "unknown %s %s; allowed: %s", label(o), shown, allowed);
   if (source && o->name)
     return CUMEM_FAIL(CUMEM_EINVAL, "%s=%s (option %s): %s; allowed: %s%s", source, shown, o->name, why, allowed,
                       unit_hint);
@@ -211,7 +224,10 @@ int cumem__option_set_text(const cumem__option_t *o, void *base, const char *tex
       why = "too large";
     v = (long long)bytes;
   } else {
-    why = parse_int(text, &v);
+    const struct cumem__opt_word *w = o->words;
+    while (w && w->word && strcmp(w->word, text) != 0) w++;
+    if (w && w->word) v = w->value;
+    else why = parse_int(text, &v);
     if (!why && v < 0 && o->min >= 0) why = "negative";
   }
   if (!why) why = range_problem(o, v);
@@ -317,33 +333,4 @@ int cumem__options_validate(const cumem_options_t *opts) {
     if (rc) return rc;
   }
   return 0;
-}
-
-int cumem__options_copy_strings(cumem_options_t *dst) {
-  for (size_t i = 0; i < NROWS; i++) {
-    if (option_rows[i].type != CUMEM__OPT_STRING) continue;
-    const char **field = (const char **)((char *)dst + option_rows[i].offset);
-    if (!*field) continue;
-    char *copy = strdup(*field);
-    if (!copy) {
-      for (size_t j = 0; j < i; j++) /* undo the copies made so far */
-        if (option_rows[j].type == CUMEM__OPT_STRING) {
-          char **f = (char **)((char *)dst + option_rows[j].offset);
-          free(*f);
-          *f = NULL;
-        }
-      return CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for option %s", option_rows[i].name);
-    }
-    *field = copy;
-  }
-  return 0;
-}
-
-void cumem__options_free_strings(cumem_options_t *opts) {
-  for (size_t i = 0; i < NROWS; i++) {
-    if (option_rows[i].type != CUMEM__OPT_STRING) continue;
-    char **field = (char **)((char *)opts + option_rows[i].offset);
-    free(*field);
-    *field = NULL;
-  }
 }

@@ -42,6 +42,11 @@ typedef struct cumem__option {
   long long (*def_fn)(void); /* a default computed at run time, or NULL */
   const char *def_str;  /* strings: default */
   const char *const *choices; /* strings: the allowed values, NULL-ended */
+  const struct cumem__opt_word {
+    const char *word;
+    long long value;
+  } *words;             /* ints: names for values ({"auto", -1}), ending
+                           with {NULL, 0}; or NULL */
   const char *note;     /* said after the range ("rounded up to ..."), or NULL */
 } cumem__option_t;
 
@@ -62,10 +67,7 @@ int cumem__option_from_env(const cumem__option_t *o, void *base);
 /* CUMEM_EINVAL, naming the option, when the field's value is not allowed. */
 int cumem__option_check(const cumem__option_t *o, const void *base);
 
-/* cumem_options_t: the table, its validation at open, and string options
- * copied into the instance (so that they outlive the caller's strings). */
+/* cumem_options_t against its table, at open. */
 int cumem__options_validate(const cumem_options_t *opts);
-int cumem__options_copy_strings(cumem_options_t *dst);
-void cumem__options_free_strings(cumem_options_t *opts);
 
 #endif

@@ -17,6 +17,7 @@
  * after it was closed. */
 #include "hostmem.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 

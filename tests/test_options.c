@@ -31,7 +31,7 @@ static const spec_t specs[] = {
     {"retain_backup", "CUMEM_RETAIN_BACKUP", INT, "0", "1", NULL, "2", 1, 1},
     {"copy_chunk", "CUMEM_COPY_CHUNK_MB", SIZE_MB, "4K", "1048576", "2K", "1048577", 0, 1},
     {"host_threads", "CUMEM_HOST_THREADS", INT, "1", "256", "0", "257", 0, 1},
-    {"release_threads", "CUMEM_RELEASE_THREADS", INT, "1", "16", "0", "17", 0, 1},
+    {"release_threads", "CUMEM_RELEASE_THREADS", INT, "1", "64", "0", "65", 0, 1},
     {"verbose", "CUMEM_VERBOSE", INT, "0", "1", NULL, "2", 1, 1},
 };
 #define NSPECS (sizeof specs / sizeof specs[0])
@@ -194,8 +194,8 @@ static const field_trial_t fields[] = {
     IN(zero_on_wake, 0, 1), IN(zero_on_wake, 1, 1), IN(zero_on_wake, -1, 0), IN(zero_on_wake, 2, 0),
     IN(zero_on_wake, INT_MAX, 0), IN(retain_backup, -1, 0), IN(retain_backup, INT_MAX, 0),
     IN(host_threads, 0, 0), IN(host_threads, 1, 1), IN(host_threads, -1, 0), IN(host_threads, INT_MAX, 0),
-    IN(host_threads, INT_MIN, 0), IN(release_threads, 0, 0), IN(release_threads, 16, 1),
-    IN(release_threads, 17, 0), IN(release_threads, -1, 0), IN(verbose, -1, 0), IN(verbose, 2, 0),
+    IN(host_threads, INT_MIN, 0), IN(release_threads, 0, 0), IN(release_threads, 64, 1),
+    IN(release_threads, 65, 0), IN(release_threads, -1, 0), IN(verbose, -1, 0), IN(verbose, 2, 0),
     IN(verbose, INT_MAX, 0),
 };
 

@@ -266,19 +266,20 @@ TEST(workers_progress_while_a_thread_sleeps_and_wakes) {
   CHECK_OK(cumem_close(s.cm));
 }
 
-/* ---- gates in a backend: hold a call inside sleep or wake ---------------
+/* ---- gates in a backend: hold a call inside sleep, wake or close --------
  * The backend under test, with copy_to_host (gate 0: inside a sleep that
- * offloads) and copy_to_device (gate 1: inside a wake that restores) held
- * while armed: the call stops there, holding the instance. */
+ * offloads), copy_to_device (gate 1: inside a wake that restores) and
+ * synchronize (gate 2: inside close) held while armed: the call stops
+ * there, holding the instance. */
 typedef struct gate {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   int armed;              /* bit k: gate k holds its calls */
-  int inside[2], open[2];
+  int inside[3], open[3];
   cumem_backend_t *inner;
 } gate_t;
 
-static gate_t gate = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, {0, 0}, {0, 0}, NULL};
+static gate_t gate = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, {0, 0, 0}, {0, 0, 0}, NULL};
 
 static void gate_pass(int k) {
   pthread_mutex_lock(&gate.mu);
@@ -302,6 +303,12 @@ static int gated_copy_to_device(cumem_backend_t *b, uintptr_t dst, const void *s
   return gate.inner->copy_to_device(gate.inner, dst, src, n, stream);
 }
 
+static int gated_synchronize(cumem_backend_t *b, int device) {
+  (void)b;
+  gate_pass(2);
+  return gate.inner->synchronize(gate.inner, device);
+}
+
 static void gated_destroy(cumem_backend_t *b) {
   gate.inner->destroy(gate.inner);
   free(b);
@@ -321,10 +328,12 @@ static int open_gated(cumem_t **cm, void **p, size_t n, unsigned seed) {
   *b = *inner; /* same state (b->self): every other call goes straight through */
   b->copy_to_host = gated_copy_to_host;
   b->copy_to_device = gated_copy_to_device;
+  b->synchronize = gated_synchronize;
   b->destroy = gated_destroy;
   gate.inner = inner;
   gate.armed = 0;
-  gate.inside[0] = gate.inside[1] = gate.open[0] = gate.open[1] = 0;
+  memset(gate.inside, 0, sizeof gate.inside);
+  memset(gate.open, 0, sizeof gate.open);
   rc = cumem_open_backend(cm, NULL, b);
   if (!rc) rc = cumem_alloc(*cm, p, n, 0, "w");
   if (!rc) rc = fill_pattern(*cm, *p, n, seed);
@@ -350,13 +359,6 @@ static void *sleep_offloading(void *arg) {
   call_t *c = arg;
   const char *W[] = {"w", NULL};
   c->rc = cumem_sleep(c->cm, NULL, W);
-  return NULL;
-}
-
-static void *stats_call(void *arg) {
-  call_t *c = arg;
-  cumem_stats_t st;
-  c->rc = cumem_stats(c->cm, NULL, &st);
   return NULL;
 }
 
@@ -454,34 +456,38 @@ TEST(a_waiting_call_goes_before_the_next_sleep_or_wake) {
 }
 
 /* ---- close while others wait (items 2, 3 in C) ----
- * A sleep holds the instance; close queues behind it, a stats call behind
- * close. Once the sleep is done, close must not free the instance under the
- * waiting stats call: it returns CUMEM_EBUSY, the stats call completes, and
- * a second close succeeds. */
-TEST(close_refuses_while_other_threads_wait) {
+ * close holds the instance (at gate 2, its first device synchronize); a
+ * stats call queues behind it. close must not free the instance under the
+ * waiting call: it lets it through (stats finds the instance emptied) and
+ * frees it only then. Freeing it at once was a use after free (ASan). */
+typedef struct stats_call { cumem_t *cm; int rc; cumem_stats_t st; } stats_call_t;
+
+static void *stats_of_all(void *arg) {
+  stats_call_t *c = arg;
+  c->rc = cumem_stats(c->cm, NULL, &c->st);
+  return NULL;
+}
+
+TEST(close_never_frees_under_a_waiting_call) {
   cumem_t *cm = NULL;
   void *p;
   CHECK_OK(open_gated(&cm, &p, 4 << 20, 8));
-  gate.armed = 1;
-  call_t sl = {cm, 1}, cl = {cm, 1}, st = {cm, 1};
-  pthread_t t1, t2, t3;
-  CHECK(pthread_create(&t1, NULL, sleep_offloading, &sl) == 0);
-  gate_wait_inside(0); /* the sleep holds the instance */
-  CHECK(pthread_create(&t2, NULL, close_call, &cl) == 0);
-  wait_for_waiters(cm, 1); /* close has its ticket... */
-  CHECK(pthread_create(&t3, NULL, stats_call, &st) == 0);
-  wait_for_waiters(cm, 2); /* ...and the stats call is behind it */
-  gate_open(0);
-  pthread_join(t1, NULL);
+  gate.armed = 4;
+  call_t cl = {cm, 1};
+  stats_call_t st = {cm, 1, {0}};
+  st.st.allocations = 99;
+  pthread_t t1, t2;
+  CHECK(pthread_create(&t1, NULL, close_call, &cl) == 0);
+  gate_wait_inside(2); /* close holds the instance */
+  CHECK(pthread_create(&t2, NULL, stats_of_all, &st) == 0);
+  wait_for_waiters(cm, 1); /* stats is queued behind it */
+  gate_open(2);
   pthread_join(t2, NULL);
-  pthread_join(t3, NULL);
-  CHECK_OK(sl.rc);
-  CHECK_RC(cl.rc, CUMEM_EBUSY);
+  pthread_join(t1, NULL); /* cm is gone from here on */
+  gate.armed = 0;
+  CHECK_OK(cl.rc);
   CHECK_OK(st.rc);
-  /* Nothing was lost by the refused close. */
-  CHECK_OK(cumem_wake(cm, NULL));
-  CHECK(has_pattern(cm, p, 4 << 20, 8));
-  CHECK_OK(cumem_close(cm));
+  CHECK(st.st.allocations == 0); /* it ran on the emptied instance */
 }
 
 /* ---- fork while a thread is inside sleep (item 5) ----
@@ -549,5 +555,5 @@ TEST(fork_while_a_thread_is_inside_sleep) {
 }
 
 RUN_TESTS("threads", T(workers_and_sleeper_race_without_loss), T(default_instance_is_opened_once),
-          T(workers_progress_while_a_thread_sleeps_and_wakes), T(a_waiting_call_goes_before_the_next_sleep_or_wake), T(close_refuses_while_other_threads_wait),
+          T(workers_progress_while_a_thread_sleeps_and_wakes), T(a_waiting_call_goes_before_the_next_sleep_or_wake), T(close_never_frees_under_a_waiting_call),
           T(fork_while_a_thread_is_inside_sleep))

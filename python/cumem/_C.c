@@ -1,10 +1,12 @@
 /*
  * cumem._C — the CPython binding of the cumem core (include/cumem.h).
  *
- * This extension is compiled together with the core sources (src/), so the
- * same shared object also exports the PyTorch entry points cumem_torch_malloc
- * and cumem_torch_free: CUDAPluggableAllocator(_C.__file__, ...) loads them
- * from here and they share this module's process-wide default instance.
+ * The core is not compiled in: this extension links libcumem.so.0, found
+ * beside it through an $ORIGIN rpath, the one copy of the core in the process
+ * that cumem.cumem_allocator and the LD_PRELOAD interposer link too. That
+ * library also exports the PyTorch entry points cumem_torch_malloc and
+ * cumem_torch_free: CUDAPluggableAllocator(_C.LIBRARY, ...) loads them from
+ * there, and they share this module's process-wide default instance.
  *
  * What is here: error translation (CumemError), tag lists, the Instance type
  * (one cumem_t), and a few module functions (current tag, last error). All
@@ -21,6 +23,7 @@
 #include "cumem_backend.h"
 #include "cumem_testing.h" /* Instance(fault=True), for tests */
 
+#include <dlfcn.h>
 #include <limits.h>
 #include <stdint.h>
 #include <string.h>
@@ -201,6 +204,8 @@ static PyObject *stats_dict(const cumem_stats_t *s) {
   SET_ITEM(d, "bytes_asleep", PyLong_FromSize_t(s->bytes_asleep));
   SET_ITEM(d, "bytes_backed_up", PyLong_FromSize_t(s->bytes_backed_up));
   SET_ITEM(d, "bytes_host_held", PyLong_FromSize_t(s->bytes_host_held));
+  SET_ITEM(d, "bytes_on_disk", PyLong_FromSize_t(s->bytes_on_disk));
+  SET_ITEM(d, "bytes_host_pinned", PyLong_FromSize_t(s->bytes_host_pinned));
   return d;
 }
 
@@ -214,6 +219,7 @@ static PyObject *info_dict(const cumem_alloc_info_t *i) {
   SET_ITEM(d, "asleep", PyBool_FromLong(i->asleep));
   SET_ITEM(d, "backed_up", PyBool_FromLong(i->backed_up));
   SET_ITEM(d, "tag", PyUnicode_FromString(i->tag));
+  SET_ITEM(d, "on_disk", PyBool_FromLong(i->on_disk));
   return d;
 }
 
@@ -227,6 +233,7 @@ static PyObject *device_dict(const cumem_device_info_t *i) {
   SET_ITEM(d, "rdma", PyBool_FromLong(i->rdma));
   SET_ITEM(d, "fabric", PyBool_FromLong(i->fabric));
   SET_ITEM(d, "posix_fd", PyBool_FromLong(i->posix_fd));
+  SET_ITEM(d, "numa_node", PyLong_FromLong(i->numa_node));
   return d;
 }
 
@@ -287,29 +294,45 @@ static int instance_ok(InstanceObject *self) {
     }                                      \
   } while (0)
 
+/* A path argument: None (or "") = no path (*out NULL), else str, bytes or
+ * os.PathLike, converted with the filesystem encoding into *holder (a
+ * bytes object the caller releases). */
+static int path_arg(PyObject *obj, PyObject **holder, const char **out) {
+  *holder = NULL;
+  *out = NULL;
+  if (obj == Py_None) return 0;
+  if (!PyUnicode_FSConverter(obj, holder)) return -1;
+  const char *p = PyBytes_AS_STRING(*holder);
+  *out = *p ? p : NULL;
+  return 0;
+}
+
 /* One keyword option to cumem_options_set: None keeps the value; True,
- * False and ints are written out in decimal (sizes in bytes); a str is taken
- * as written ("64M"). Every check, range and message is the core's. The
- * text stays alive in `keep` until the instance is open (string options
- * point into it until cumem_open copies them). */
+ * False and ints are written out in decimal (sizes in bytes); a str, bytes
+ * or os.PathLike is taken as written ("64M", a directory), in the
+ * filesystem encoding, NUL refused. Every check, range and message is the
+ * core's. The text stays alive in `keep` until the instance is open
+ * (string options point into it until cumem_open copies them). */
 static int set_option(cumem_options_t *opts, const char *name, PyObject *value, PyObject *keep) {
   if (value == Py_None) return 0;
   PyObject *text = NULL;
-  if (PyBool_Check(value)) text = PyUnicode_FromString(value == Py_True ? "1" : "0");
-  else if (PyLong_Check(value)) text = PyObject_Str(value);
-  else if (PyUnicode_Check(value)) {
-    text = value;
-    Py_INCREF(text);
+  if (PyBool_Check(value)) text = PyBytes_FromString(value == Py_True ? "1" : "0");
+  else if (PyLong_Check(value)) {
+    PyObject *str = PyObject_Str(value);
+    text = str ? PyUnicode_AsUTF8String(str) : NULL;
+    Py_XDECREF(str);
+  } else if (PyUnicode_Check(value) || PyBytes_Check(value) || PyObject_HasAttrString(value, "__fspath__")) {
+    if (!PyUnicode_FSConverter(value, &text)) return -1; /* refuses NUL */
   } else {
-    PyErr_Format(PyExc_TypeError, "option %s must be an int, a str or None, not %.100s", name,
+    PyErr_Format(PyExc_TypeError, "option %s must be an int, a str, a path or None, not %.100s", name,
                  Py_TYPE(value)->tp_name);
     return -1;
   }
   if (!text) return -1;
   int appended = PyList_Append(keep, text);
   Py_DECREF(text);
-  const char *ctext = appended == 0 ? c_string(text) : NULL;
-  if (!ctext) return -1;
+  if (appended < 0) return -1;
+  const char *ctext = PyBytes_AS_STRING(text);
   int rc = cumem_options_set(opts, name, ctext);
   if (rc != CUMEM_OK) {
     raise_cumem(rc, "cumem.Instance");
@@ -321,11 +344,12 @@ static int set_option(cumem_options_t *opts, const char *name, PyObject *value, 
 /* Instance(backend=None, *, fault=False, **options)
  * Opens a private instance. options are the fields of cumem_options_t by
  * name (chunk_size, zero_on_wake, retain_backup, copy_chunk, host_threads,
- * release_threads, verbose, ...); one left out or None keeps
- * cumem_options_init's value (the defaults, then the CUMEM_* environment).
- * A value not allowed raises CumemError (EINVAL) naming the option and
- * what it allows. fault=True wraps the backend in the fault-injecting one
- * (for tests; see fault_arm). */
+ * release_threads, verbose, disk_dir, prepare_ahead, ...: every row of
+ * src/options.c); one left out or None keeps cumem_options_init's value
+ * (the defaults, then the CUMEM_* environment). A value not allowed raises
+ * CumemError (EINVAL) naming the option and what it allows. fault=True
+ * wraps the backend in the fault-injecting one (for tests; see
+ * fault_arm). */
 static int Instance_init(InstanceObject *self, PyObject *args, PyObject *kw) {
   if (self->cm) {
     PyErr_SetString(PyExc_RuntimeError, "Instance is already open");
@@ -505,6 +529,32 @@ static PyObject *Instance_sleep(InstanceObject *self, PyObject *args,
   Py_RETURN_NONE;
 }
 
+/* set_disk_dir(path): where tags with backup="disk" sleep from now on; None
+ * or "" = nowhere. Checked first (CumemError EINVAL saying why). */
+static PyObject *Instance_set_disk_dir(InstanceObject *self, PyObject *arg) {
+  PyObject *holder;
+  const char *path;
+  CHECK_OPEN(self);
+  if (path_arg(arg, &holder, &path) < 0) return NULL;
+  int rc, ok;
+  RELEASED(self, cm, ok, rc = cumem_set_disk_dir(cm, path));
+  Py_XDECREF(holder);
+  if (!ok) return NULL;
+  if (rc != CUMEM_OK) return raise_cumem(rc, "cumem_set_disk_dir");
+  Py_RETURN_NONE;
+}
+
+/* The disk_dir (an absolute path) or None. */
+static PyObject *Instance_get_disk_dir(InstanceObject *self, void *closure) {
+  (void)closure;
+  CHECK_OPEN(self);
+  char buf[4097];
+  int rc = cumem_get_disk_dir(self->cm, buf, sizeof buf);
+  if (rc != CUMEM_OK) return raise_cumem(rc, "cumem_get_disk_dir");
+  if (!buf[0]) Py_RETURN_NONE;
+  return PyUnicode_DecodeFSDefault(buf);
+}
+
 /* One tag-list argument, GIL released: wake, prepare_backup, release_backup. */
 static PyObject *tags_call(InstanceObject *self, PyObject *args, PyObject *kw,
                            int (*fn)(cumem_t *, const char *const *),
@@ -539,6 +589,28 @@ static PyObject *Instance_release_backup(InstanceObject *self, PyObject *args,
                                          PyObject *kw) {
   return tags_call(self, args, kw, cumem_release_backup,
                    "cumem_release_backup");
+}
+
+static PyObject *Instance_prepare_backup_async(InstanceObject *self,
+                                               PyObject *args, PyObject *kw) {
+  return tags_call(self, args, kw, cumem_prepare_backup_async,
+                   "cumem_prepare_backup_async");
+}
+
+static PyObject *Instance_release_backup_async(InstanceObject *self,
+                                               PyObject *args, PyObject *kw) {
+  return tags_call(self, args, kw, cumem_release_backup_async,
+                   "cumem_release_backup_async");
+}
+
+static PyObject *Instance_drain(InstanceObject *self, PyObject *noargs) {
+  (void)noargs;
+  CHECK_OPEN(self);
+  int rc, ok;
+  RELEASED(self, cm, ok, rc = cumem_drain(cm));
+  if (!ok) return NULL;
+  if (rc != CUMEM_OK) return raise_cumem(rc, "cumem_drain");
+  Py_RETURN_NONE;
 }
 
 /* One address argument, GIL released: unmap_release, create_map. */
@@ -843,23 +915,33 @@ static PyObject *Instance_backup_view(InstanceObject *self, PyObject *arg) {
   return view;
 }
 
-/* fault_arm(n, op=None, code=CUMEM_EDRIVER, persistent=False): fail the nth
- * backend call (of operation `op`, e.g. "create"); n = 0 turns faults off.
- * Only for an Instance opened with fault=True. */
+/* fault_arm(n, op=None, code=None, persistent=False): fail the nth backend
+ * call (of operation `op`, e.g. "create") with `code` (None: CUMEM_EDRIVER);
+ * n = 0 turns faults off. Only for an Instance opened with fault=True. */
 static PyObject *Instance_fault_arm(InstanceObject *self, PyObject *args,
                                     PyObject *kw) {
   static char *kwlist[] = {"n", "op", "code", "persistent", NULL};
   long n;
   const char *op = NULL;
+  PyObject *code_obj = Py_None;
   int code = CUMEM_EDRIVER, persistent = 0;
   CHECK_OPEN(self);
   if (!self->fault) {
     PyErr_SetString(PyExc_ValueError, "open the Instance with fault=True");
     return NULL;
   }
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "l|O&ip", kwlist, &n,
-                                   conv_opt_str, &op, &code, &persistent))
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "l|O&Op", kwlist, &n,
+                                   conv_opt_str, &op, &code_obj, &persistent))
     return NULL;
+  if (code_obj != Py_None) {
+    long v = PyLong_AsLong(code_obj);
+    if (v == -1 && PyErr_Occurred()) return NULL;
+    if (v < INT_MIN || v > INT_MAX) {
+      PyErr_SetString(PyExc_OverflowError, "code is out of range");
+      return NULL;
+    }
+    code = (int)v;
+  }
   cumem_fault_arm(self->fault, n, op, code, persistent);
   Py_RETURN_NONE;
 }
@@ -898,74 +980,143 @@ static PyObject *Instance_exit(InstanceObject *self, PyObject *args) {
   return Instance_close(self, NULL);
 }
 
+/* Each doc string starts with its signature ("name($self, ...)\n--\n\n"),
+ * which gives help() and inspect.signature() the real parameters;
+ * python/cumem/_C.pyi repeats them for type checkers (a test compares). */
+#define VARKW(fn) (PyCFunction)(void (*)(void))(fn), METH_VARARGS | METH_KEYWORDS
 static PyMethodDef Instance_methods[] = {
-    {"alloc", (PyCFunction)(void (*)(void))Instance_alloc,
-     METH_VARARGS | METH_KEYWORDS,
-     "alloc(size, device=0, tag=None, peer_mask=0) -> int address"},
-    {"free", (PyCFunction)(void (*)(void))Instance_free,
-     METH_VARARGS | METH_KEYWORDS,
-     "free(ptr, stream=None): stream None waits for the device, an int "
-     "CUstream waits for that stream only"},
+    {"alloc", VARKW(Instance_alloc),
+     "alloc($self, /, size, device=0, tag=None, peer_mask=0)\n--\n\n"
+     "Allocate size bytes on device under tag (None: this thread's current "
+     "tag), mapped and readable/writable by the devices in peer_mask too. "
+     "Returns the address as an int."},
+    {"free", VARKW(Instance_free),
+     "free($self, /, ptr, stream=None)\n--\n\n"
+     "Free the allocation at ptr, asleep or awake. Waits for the device, or "
+     "only for stream (an int CUstream) when given."},
     {"query", (PyCFunction)Instance_query, METH_O,
-     "query(ptr) -> dict describing the allocation that contains ptr"},
-    {"sleep", (PyCFunction)(void (*)(void))Instance_sleep,
-     METH_VARARGS | METH_KEYWORDS,
-     "sleep(tags=None, offload_tags=None): tags None = all, offload_tags "
-     "None = none"},
-    {"wake", (PyCFunction)(void (*)(void))Instance_wake,
-     METH_VARARGS | METH_KEYWORDS, "wake(tags=None): tags None = all"},
-    {"prepare_backup", (PyCFunction)(void (*)(void))Instance_prepare_backup,
-     METH_VARARGS | METH_KEYWORDS,
-     "prepare_backup(tags=None): pin host backup memory ahead of the sleep"},
-    {"release_backup", (PyCFunction)(void (*)(void))Instance_release_backup,
-     METH_VARARGS | METH_KEYWORDS,
-     "release_backup(tags=None): give back retained backups of awake "
-     "allocations"},
+     "query($self, ptr, /)\n--\n\n"
+     "Describe the allocation containing ptr: a dict of ptr, size, "
+     "requested, device, asleep, backed_up, tag, on_disk."},
+    {"sleep", VARKW(Instance_sleep),
+     "sleep($self, /, tags=None, offload_tags=None)\n--\n\n"
+     "Release the physical memory of every allocation of tags (None: all), "
+     "after copying those of offload_tags (None: none) to host memory (to "
+     "disk for tags with backup=\"disk\"). A failed sleep keeps what is "
+     "asleep asleep, with its backup; a retry completes it. A disk that "
+     "cannot take the disk backups (ENOSPC, EIO) changes nothing."},
+    {"wake", VARKW(Instance_wake),
+     "wake($self, /, tags=None)\n--\n\n"
+     "Map memory again for the sleeping allocations of tags (None: all) and "
+     "restore their backups. On failure nothing is lost: a later wake "
+     "restores everything."},
+    {"prepare_backup", VARKW(Instance_prepare_backup),
+     "prepare_backup($self, /, tags=None)\n--\n\n"
+     "Pin host backup memory for these tags now, so that the first sleep "
+     "only copies."},
+    {"release_backup", VARKW(Instance_release_backup),
+     "release_backup($self, /, tags=None)\n--\n\n"
+     "Give back every host backup that holds no content still to restore: "
+     "retained ones of awake allocations, and those of allocations whose "
+     "content a sleep discarded."},
+    {"prepare_backup_async", VARKW(Instance_prepare_backup_async),
+     "prepare_backup_async($self, /, tags=None)\n--\n\n"
+     "Pin host backup memory for these tags in the background, starting "
+     "now; returns at once."},
+    {"release_backup_async", VARKW(Instance_release_backup_async),
+     "release_backup_async($self, /, tags=None)\n--\n\n"
+     "Give back the retained host backups of awake allocations in the "
+     "background; returns at once."},
+    {"drain", (PyCFunction)Instance_drain, METH_NOARGS,
+     "drain($self, /)\n--\n\n"
+     "Finish the background work (giving backups back, preparing them "
+     "ahead) now, on this thread; raise its first failure not yet "
+     "reported."},
     {"unmap_release", (PyCFunction)Instance_unmap_release, METH_O,
-     "unmap_release(ptr): release one allocation's physical memory, no "
-     "backup"},
+     "unmap_release($self, ptr, /)\n--\n\n"
+     "Release one allocation's physical memory, without a backup (the seed "
+     "ABI's python_unmap_and_release)."},
     {"create_map", (PyCFunction)Instance_create_map, METH_O,
-     "create_map(ptr): back one released allocation again"},
+     "create_map($self, ptr, /)\n--\n\n"
+     "Back one released allocation with physical memory again."},
     {"copy_to_device", (PyCFunction)Instance_copy_to_device, METH_VARARGS,
-     "copy_to_device(dst, data): copy a bytes-like object to dst"},
+     "copy_to_device($self, dst, data, /)\n--\n\n"
+     "Copy a bytes-like object to the device address dst."},
     {"copy_to_host", (PyCFunction)Instance_copy_to_host, METH_VARARGS,
-     "copy_to_host(src, n) -> bytes"},
+     "copy_to_host($self, src, n, /)\n--\n\n"
+     "Copy n bytes from the device address src; returns bytes."},
     {"memset", (PyCFunction)Instance_memset, METH_VARARGS,
-     "memset(dst, value, n)"},
-    {"set_tag_options", (PyCFunction)(void (*)(void))Instance_set_tag_options,
-     METH_VARARGS | METH_KEYWORDS,
-     "set_tag_options(tag, *, backup=None, skip_unchanged=None, "
-     "prepare_ahead=None): per-tag choices (None keeps the current value)"},
+     "memset($self, dst, value, n, /)\n--\n\n"
+     "Set n bytes at the device address dst to value."},
+    {"set_tag_options", VARKW(Instance_set_tag_options),
+     "set_tag_options($self, /, tag, *, backup=None, skip_unchanged=None, "
+     "prepare_ahead=None)\n--\n\n"
+     "Per-tag choices; a keyword left None keeps the tag's current value. "
+     "backup is \"host\" or \"disk\"; the others True, False, or -1 to "
+     "follow the instance's option."},
     {"tag_options", (PyCFunction)Instance_tag_options, METH_O,
-     "tag_options(tag) -> dict of the tag's choices"},
-    {"stats", (PyCFunction)(void (*)(void))Instance_stats,
-     METH_VARARGS | METH_KEYWORDS, "stats(tag=None) -> dict"},
+     "tag_options($self, tag, /)\n--\n\n"
+     "The tag's choices: a dict of backup, skip_unchanged, prepare_ahead."},
+    {"set_disk_dir", (PyCFunction)Instance_set_disk_dir, METH_O,
+     "set_disk_dir($self, path, /)\n--\n\n"
+     "Where tags with backup=\"disk\" sleep from now on: a directory that "
+     "exists and takes new files (str or path-like); None = nowhere. "
+     "Backups already on disk stay where they are."},
+    {"stats", VARKW(Instance_stats),
+     "stats($self, /, tag=None)\n--\n\n"
+     "Figures for one tag, or all tags together: allocations, "
+     "bytes_allocated, bytes_mapped, bytes_asleep, bytes_backed_up (host or "
+     "disk), bytes_host_held, bytes_host_pinned, bytes_on_disk."},
     {"tags", (PyCFunction)Instance_tags, METH_NOARGS,
-     "tags() -> list of the tags used so far"},
+     "tags($self, /)\n--\n\n"
+     "Every tag used so far, as a list."},
     {"backend_counters", (PyCFunction)Instance_backend_counters, METH_NOARGS,
-     "backend_counters() -> dict of live backend objects (leak checks)"},
+     "backend_counters($self, /)\n--\n\n"
+     "Live backend objects (reservations, handles, mappings, "
+     "host_registrations, streams, events), for leak checks."},
     {"device_count", (PyCFunction)Instance_device_count, METH_NOARGS,
-     "device_count() -> int"},
-    {"device_info", (PyCFunction)(void (*)(void))Instance_device_info,
-     METH_VARARGS | METH_KEYWORDS, "device_info(device=0) -> dict"},
+     "device_count($self, /)\n--\n\n"
+     "The number of devices the backend sees."},
+    {"device_info", VARKW(Instance_device_info),
+     "device_info($self, /, device=0)\n--\n\n"
+     "One device: name, total_bytes, free_bytes, granularity, rdma, fabric, "
+     "posix_fd, numa_node."},
     {"backup_view", (PyCFunction)Instance_backup_view, METH_O,
-     "backup_view(ptr) -> memoryview of the host backup, or None"},
-    {"fault_arm", (PyCFunction)(void (*)(void))Instance_fault_arm,
-     METH_VARARGS | METH_KEYWORDS,
-     "fault_arm(n, op=None, code=EDRIVER, persistent=False) (fault=True "
-     "instances only)"},
+     "backup_view($self, ptr, /)\n--\n\n"
+     "A writable memoryview of the host backup from ptr to the end of its "
+     "allocation, or None when no backup holds valid content (none saved, "
+     "discarded by the last sleep, or on disk). The memory stays mapped as "
+     "long as the view lives, even after a free, release_backup or close; "
+     "while the backup stays attached, later sleeps write into it."},
+    {"fault_arm", VARKW(Instance_fault_arm),
+     "fault_arm($self, /, n, op=None, code=None, persistent=False)\n--\n\n"
+     "Fail the nth backend call (of operation op, e.g. \"create\") with "
+     "code (None: EDRIVER), every later one too if persistent; n = 0 turns "
+     "faults off. Instances opened with fault=True only."},
     {"fault_injected", (PyCFunction)Instance_fault_injected, METH_NOARGS,
-     "fault_injected() -> failures injected since the last arm"},
+     "fault_injected($self, /)\n--\n\n"
+     "How many failures were injected since the last fault_arm."},
     {"close", (PyCFunction)Instance_close, METH_NOARGS,
-     "close(): free every allocation and backup, then the instance"},
-    {"__enter__", Instance_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)Instance_exit, METH_VARARGS, NULL},
+     "close($self, /)\n--\n\n"
+     "Free every allocation and backup, then the instance. Refused "
+     "(CumemError EBUSY) while other threads' calls run on it; a failed "
+     "close keeps the instance, and can be retried. The default instance "
+     "cannot be closed."},
+    {"__enter__", Instance_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\n"
+     "Return the instance itself."},
+    {"__exit__", (PyCFunction)Instance_exit, METH_VARARGS,
+     "__exit__($self, exc_type, exc, tb, /)\n--\n\n"
+     "Close the instance (not the default one)."},
     {NULL, NULL, 0, NULL}};
+#undef VARKW
 
 static PyGetSetDef Instance_getset[] = {
     {"backend", (getter)Instance_get_backend, NULL,
      "the backend's name: \"cuda\" or \"host\"", NULL},
     {"closed", (getter)Instance_get_closed, NULL, "True after close()", NULL},
+    {"disk_dir", (getter)Instance_get_disk_dir, NULL,
+     "where tags with backup=\"disk\" sleep (absolute path), or None", NULL},
     {NULL, NULL, NULL, NULL, NULL}};
 
 static PyTypeObject InstanceType = {
@@ -974,13 +1125,19 @@ static PyTypeObject InstanceType = {
     .tp_basicsize = sizeof(InstanceObject),
     .tp_dealloc = (destructor)Instance_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Instance(backend=None, *, fault=False, **options)\n\n"
-              "One cumem instance (cumem_open). options are cumem_options_t's "
-              "fields by name: chunk_size, zero_on_wake, retain_backup, "
-              "copy_chunk, host_threads, release_threads, verbose (an int, or "
-              "a str such as \"64M\"; None keeps the CUMEM_* environment's "
-              "value). A value not allowed raises CumemError (EINVAL) naming "
-              "it and its allowed values. close() refuses (EBUSY) while "
+    .tp_doc = "Instance(backend=None, *, chunk_size=None, zero_on_wake=None, "
+              "retain_backup=None, copy_chunk=None, host_threads=None, "
+              "release_threads=None, verbose=None, fault=False, disk_dir=None, "
+              "prepare_ahead=None, prepare_ahead_delay_ms=None, numa=None, "
+              "register_lock=None)\n--\n\n"
+              "One cumem instance (cumem_open), with its own allocations, "
+              "tags and backups. Options are cumem_options_t's fields by name "
+              "(an int, or a str such as \"64M\"); left None they keep their "
+              "default (then the CUMEM_* environment). A value not allowed "
+              "raises CumemError (EINVAL) naming the option and what it "
+              "allows. fault=True wraps the backend in the fault-injecting "
+              "one, for tests (see fault_arm); disk_dir (a path) is where "
+              "tags with backup=\"disk\" sleep. close() refuses (EBUSY) while "
               "other threads' calls run on the instance. Use cumem.default() "
               "for the process-wide instance that PyTorch allocations go to.",
     .tp_methods = Instance_methods,
@@ -1068,18 +1225,28 @@ static PyObject *mod_err_name(PyObject *mod, PyObject *arg) {
 
 static PyMethodDef module_methods[] = {
     {"default", mod_default, METH_NOARGS,
-     "default() -> the process-wide Instance (the one PyTorch allocations "
-     "use)"},
+     "default($module, /)\n--\n\n"
+     "The process-wide Instance, opened on first use with the CUMEM_* "
+     "environment: the one PyTorch allocations and cumem.cumem_allocator "
+     "use."},
     {"set_current_tag", mod_set_current_tag, METH_VARARGS,
-     "set_current_tag(tag=None): this thread's tag for new allocations; None "
-     "= \"default\""},
+     "set_current_tag($module, tag=None, /)\n--\n\n"
+     "Set this thread's tag for new allocations that name none; None "
+     "restores \"default\"."},
     {"current_tag", mod_current_tag, METH_NOARGS,
-     "current_tag() -> this thread's current tag"},
+     "current_tag($module, /)\n--\n\n"
+     "This thread's current tag."},
     {"last_error", mod_last_error, METH_NOARGS,
-     "last_error() -> detail of this thread's last failed cumem call"},
+     "last_error($module, /)\n--\n\n"
+     "The detail of this thread's last failed cumem call (driver call, "
+     "result name, source line), or \"\"."},
     {"strerror", mod_strerror, METH_O,
-     "strerror(code) -> \"CUMEM_ENOMEM: out of device memory\""},
-    {"err_name", mod_err_name, METH_O, "err_name(code) -> \"CUMEM_ENOMEM\""},
+     "strerror($module, code, /)\n--\n\n"
+     "Name and meaning of an error code: \"CUMEM_ENOMEM: out of device "
+     "memory\"."},
+    {"err_name", mod_err_name, METH_O,
+     "err_name($module, code, /)\n--\n\n"
+     "The name of an error code alone: \"CUMEM_ENOMEM\"."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module_def = {
@@ -1114,7 +1281,16 @@ PyMODINIT_FUNC PyInit__C(void) {
   if (PyModule_AddObject(m, "CumemOutOfMemoryError", CumemOOMError) < 0)
     goto fail;
 
-  if (PyModule_AddStringConstant(m, "VERSION", cumem_version()) < 0 ||
+  /* LIBRARY: the file the core was loaded from (libcumem.so.0), as the
+   * dynamic loader resolved it; PyTorch loads the entry points from it. */
+  Dl_info core;
+  if (!dladdr((void *)cumem_version, &core) || !core.dli_fname) {
+    PyErr_SetString(PyExc_ImportError,
+                    "cumem._C: cannot tell which file holds the cumem core");
+    goto fail;
+  }
+  if (PyModule_AddStringConstant(m, "LIBRARY", core.dli_fname) < 0 ||
+      PyModule_AddStringConstant(m, "VERSION", cumem_version()) < 0 ||
       PyModule_AddIntConstant(m, "TAG_MAX", CUMEM_TAG_MAX) < 0 ||
       PyModule_AddIntConstant(m, "OK", CUMEM_OK) < 0)
     goto fail;

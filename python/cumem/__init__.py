@@ -8,7 +8,8 @@ CUDA graphs stay valid.
 Three ways in, one C core underneath:
 
   cumem.CuMemAllocator      vLLM's vllm.device_allocator.cumem.CuMemAllocator
-  cumem.torch_memory_saver  torch_memory_saver's object (torch hook mode)
+  cumem.torch_memory_saver  torch_memory_saver's object (torch and preload
+                            hook modes; cumem.configure_subprocess)
   cumem.pool / sleep / wake / stats   the native API (below)
 
 and cumem.cumem_allocator, the extension interface of vLLM's
@@ -27,9 +28,16 @@ CUMEM_E* value); out of device memory is CumemOutOfMemoryError, a subclass.
 Options come from CUMEM_* environment variables read when the process-wide
 instance opens (first use): CUMEM_RETAIN_BACKUP, CUMEM_CHUNK_SIZE_MB,
 CUMEM_ZERO_ON_WAKE, CUMEM_COPY_CHUNK_MB, CUMEM_HOST_THREADS,
-CUMEM_RELEASE_THREADS, CUMEM_BACKEND, CUMEM_VERBOSE; a private
+CUMEM_RELEASE_THREADS, CUMEM_BACKEND, CUMEM_PREPARE_AHEAD,
+CUMEM_PREPARE_AHEAD_DELAY_MS, CUMEM_NUMA, CUMEM_DISK_DIR, CUMEM_VERBOSE
+(which also prints where each adapter call spent its time); a private
 Instance(backend, **options) takes them as keywords (copy_chunk=64 << 20 or
 "64M"). A value that is not allowed raises CumemError (EINVAL) naming it.
+
+Disk backups. A tag can keep its offloaded content in files instead of host
+memory: default().set_tag_options(tag, backup="disk") and a directory
+(CUMEM_DISK_DIR, or cumem.set_disk_dir(path)); stats()["bytes_on_disk"]
+says how much is there while asleep.
 """
 
 import contextlib
@@ -51,9 +59,10 @@ __version__ = _C.VERSION
 __all__ = [
     # the adapters
     "CuMemAllocator", "TorchMemorySaver", "torch_memory_saver", "install_vllm_shim",
+    "configure_subprocess", "preload_library",
     # the native API
     "pool", "sleep", "wake", "stats", "stats_by_tag", "tags", "prepare_backup",
-    "release_backup", "empty_cache", "using_tag", "set_current_tag", "current_tag",
+    "release_backup", "drain", "set_disk_dir", "empty_cache", "using_tag", "set_current_tag", "current_tag",
     "alloc", "free", "query", "copy_to_device", "copy_to_host", "memset",
     "default", "backend", "Instance", "CumemError", "CumemOutOfMemoryError",
     "last_error", "strerror",
@@ -87,19 +96,22 @@ def free(ptr, stream=None):
 
 def query(ptr):
     """Describe the allocation containing ptr: ptr, size, requested, device,
-    asleep, backed_up, tag."""
+    asleep, backed_up, tag, on_disk."""
     return _C.default().query(ptr)
 
 
 def copy_to_device(dst, data):
+    """Copy a bytes-like object to the cumem address `dst` (synchronous)."""
     _C.default().copy_to_device(dst, data)
 
 
 def copy_to_host(src, n):
+    """Copy `n` bytes from the cumem address `src`; returns bytes."""
     return _C.default().copy_to_host(src, n)
 
 
 def memset(dst, value, n):
+    """Set `n` bytes at the cumem address `dst` to `value` (synchronous)."""
     _C.default().memset(dst, value, n)
 
 
@@ -116,15 +128,22 @@ def using_tag(tag):
 
 
 @contextlib.contextmanager
-def pool(tag="default"):
+def pool(tag="default", prepare_ahead=None):
     """Tensors created in this thread inside the block live in cumem under
     `tag`. Each block gets a fresh torch MemPool that is dropped at exit, so
     blocks left unused go back to the GPU then (empty_cache cannot empty a
-    pluggable pool); tensors still alive keep their memory."""
+    pluggable pool); tensors still alive keep their memory.
+
+    prepare_ahead=True pins the tag's host backup in the background when
+    the block exits, so the first sleep only copies (None: as
+    CUMEM_PREPARE_AHEAD says, "all" or comma-separated tags; the core then
+    also pins tags it names once they stop growing)."""
     from . import _torch
 
     with _torch.fresh_pool(tag):
         yield
+    if _torch.prepare_ahead_wanted(prepare_ahead, tag) and tag in _C.default().tags():
+        _C.default().prepare_backup_async([tag])
 
 
 def empty_cache():
@@ -136,16 +155,6 @@ def empty_cache():
     _torch.empty_cache()
 
 
-def _empty_torch_cache():
-    # Blocks that PyTorch freed into finished pools are still cumem
-    # allocations until swept; sweep before a sleep so they are released
-    # rather than backed up. Only if this process uses torch on the GPU.
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_initialized():
-        from . import _torch
-
-        _torch.sweep()
-        torch.cuda.empty_cache()
 
 
 # ---- sleep and wake --------------------------------------------------------
@@ -155,9 +164,20 @@ def sleep(tags=None, offload_tags=None):
     """Release the physical memory of every allocation of `tags` (None: all),
     after copying those of `offload_tags` (None: none) to host memory. Waits
     for the device first. On failure what is asleep stays asleep with its
-    backup, and a retry completes the sleep."""
-    _empty_torch_cache()
+    backup, and a retry completes the sleep.
+
+    Blocks PyTorch freed into finished pool() blocks are released first
+    (they need no backup), and PyTorch's own cache is emptied after."""
+    from . import _timing, _torch
+
+    steps = _timing.Steps("cumem.sleep")
+    _torch.sweep_if_any()
+    steps.step("sweep")
     _C.default().sleep(tags, offload_tags)
+    steps.step("core")
+    _torch.empty_torch_cache()
+    steps.step("torch empty_cache")
+    steps.done()
 
 
 def wake(tags=None, retain_backup=None):
@@ -167,17 +187,28 @@ def wake(tags=None, retain_backup=None):
 
     retain_backup=False gives the host backups back after the wake (the
     CUMEM_RETAIN_BACKUP option, default on, keeps them pinned so the next
-    sleep only copies); None follows the option."""
+    sleep only copies); None follows the option. Either way they go back in
+    the background, after wake returns (drain() waits for it)."""
     inst = _C.default()
     inst.wake(tags)
     if retain_backup is False:
-        inst.release_backup(tags)
+        inst.release_backup_async(tags)
 
 
-def prepare_backup(tags=None):
-    """Pin host backup memory for these tags now, so the first sleep only
-    copies (pinning fresh memory is the slow part of a cold sleep)."""
-    _C.default().prepare_backup(tags)
+def prepare_backup(tags=None, wait=True):
+    """Pin host backup memory for these tags, so the first sleep only
+    copies (pinning fresh memory is the slow part of a cold sleep): now, or
+    with wait=False in the background, returning at once."""
+    if wait:
+        _C.default().prepare_backup(tags)
+    else:
+        _C.default().prepare_backup_async(tags)
+
+
+def drain():
+    """Finish the background work (giving backups back, preparing them
+    ahead) now, on this thread; raise its first failure not yet reported."""
+    _C.default().drain()
 
 
 def release_backup(tags=None):
@@ -185,10 +216,17 @@ def release_backup(tags=None):
     _C.default().release_backup(tags)
 
 
+def set_disk_dir(path):
+    """Where tags with backup="disk" sleep from now on (a directory that
+    exists and takes new files; None = nowhere). The default comes from
+    CUMEM_DISK_DIR."""
+    _C.default().set_disk_dir(path)
+
+
 def stats(tag=None):
     """Figures for one tag, or all tags together: allocations,
-    bytes_allocated, bytes_mapped, bytes_asleep, bytes_backed_up,
-    bytes_host_held."""
+    bytes_allocated, bytes_mapped, bytes_asleep, bytes_backed_up (host or
+    disk), bytes_host_held, bytes_host_pinned, bytes_on_disk."""
     return _C.default().stats(tag)
 
 
@@ -201,6 +239,30 @@ def stats_by_tag():
 def tags():
     """Every tag used so far."""
     return _C.default().tags()
+
+
+# ---- preload mode ----------------------------------------------------------
+
+
+def preload_library():
+    """The path of libcumem_preload.so, the LD_PRELOAD interposer that makes
+    cudaMalloc inside regions sleepable (torch_memory_saver's preload hook
+    mode, `cumem run`): $CUMEM_PRELOAD_LIBRARY, the one loaded in this
+    process, the one next to this package, or one in a CMake build tree.
+    FileNotFoundError, naming the places tried, when there is none."""
+    from . import _preload
+
+    return _preload.library_path()
+
+
+def configure_subprocess():
+    """Context manager: child processes started inside the block get the
+    interposer in LD_PRELOAD (torch_memory_saver's configure_subprocess).
+    Add CUMEM_PRELOAD=1 or TMS_INIT_ENABLE=1 to their environment to make all
+    of their memory sleepable from their start."""
+    from . import _preload
+
+    return _preload.configure_subprocess()
 
 
 # ---- the adapters ----------------------------------------------------------

@@ -27,7 +27,7 @@ def run_child(code, timeout=300):
 BAD = [
     ("copy_chunk", 0), ("copy_chunk", 1), ("copy_chunk", 2**64 - 1), ("copy_chunk", 4097),
     ("copy_chunk", -1), ("chunk_size", 2**41), ("chunk_size", "garbage"), ("host_threads", 0),
-    ("release_threads", 17), ("retain_backup", 2), ("zero_on_wake", -1), ("verbose", 2**40),
+    ("release_threads", 65), ("retain_backup", 2), ("zero_on_wake", -1), ("verbose", 2**40),
 ]
 
 

@@ -47,7 +47,7 @@ SPECS = [
     ("retain_backup", "CUMEM_RETAIN_BACKUP", "int", 0, 1, -1, 2),
     ("copy_chunk", "CUMEM_COPY_CHUNK_MB", "size", 4096, T, 4095, T + 1),
     ("host_threads", "CUMEM_HOST_THREADS", "int", 1, 256, 0, 257),
-    ("release_threads", "CUMEM_RELEASE_THREADS", "int", 1, 16, 0, 17),
+    ("release_threads", "CUMEM_RELEASE_THREADS", "int", 1, 64, 0, 65),
     ("verbose", "CUMEM_VERBOSE", "int", 0, 1, -1, 2),
 ]
 
