@@ -21,19 +21,24 @@ typedef struct spec {
   int kind;
   const char *lo, *hi;        /* the smallest and largest allowed values */
   const char *below, *above;  /* just outside them (NULL: nothing there) */
-  int zero_ok, one_ok;
+  int zero_ok, one_ok, minus_one_ok;
 } spec_t;
 
 static const spec_t specs[] = {
-    {"backend", "CUMEM_BACKEND", STR, "host", "host", NULL, NULL, 0, 0},
-    {"chunk_size", "CUMEM_CHUNK_SIZE_MB", SIZE_MB, "1", "1048576", NULL, "1048577", 1, 1},
-    {"zero_on_wake", "CUMEM_ZERO_ON_WAKE", INT, "0", "1", NULL, "2", 1, 1},
-    {"retain_backup", "CUMEM_RETAIN_BACKUP", INT, "0", "1", NULL, "2", 1, 1},
-    {"copy_chunk", "CUMEM_COPY_CHUNK_MB", SIZE_MB, "4K", "1048576", "2K", "1048577", 0, 1},
-    {"host_threads", "CUMEM_HOST_THREADS", INT, "1", "256", "0", "257", 0, 1},
-    {"release_threads", "CUMEM_RELEASE_THREADS", INT, "1", "64", "0", "65", 0, 1},
-    {"verbose", "CUMEM_VERBOSE", INT, "0", "1", NULL, "2", 1, 1},
+    {"backend", "CUMEM_BACKEND", STR, "host", "host", NULL, NULL, 0, 0, 0},
+    {"chunk_size", "CUMEM_CHUNK_SIZE_MB", SIZE_MB, "1", "1048576", NULL, "1048577", 1, 1, 0},
+    {"zero_on_wake", "CUMEM_ZERO_ON_WAKE", INT, "0", "1", NULL, "2", 1, 1, 0},
+    {"retain_backup", "CUMEM_RETAIN_BACKUP", INT, "0", "1", NULL, "2", 1, 1, 0},
+    {"copy_chunk", "CUMEM_COPY_CHUNK_MB", SIZE_MB, "4K", "1048576", "2K", "1048577", 0, 1, 0},
+    {"host_threads", "CUMEM_HOST_THREADS", INT, "1", "256", "0", "257", 0, 1, 0},
+    {"release_threads", "CUMEM_RELEASE_THREADS", INT, "1", "64", "0", "65", 0, 1, 0},
+    {"verbose", "CUMEM_VERBOSE", INT, "0", "1", NULL, "2", 1, 1, 0},
+    {"prepare_ahead_delay_ms", "CUMEM_PREPARE_AHEAD_DELAY_MS", INT, "0", "86400000", NULL, "86400001", 1, 1, 0},
+    {"numa", "CUMEM_NUMA", INT, "auto", "1", "-2", "2", 1, 1, 1},
 };
+/* The string options without a fixed set of values (prepare_ahead,
+ * register_lock, disk_dir) are checked by the code that uses them at open
+ * (test_disk, test_background). */
 #define NSPECS (sizeof specs / sizeof specs[0])
 
 /* The values every option is tried with, and whether the spec allows it. */
@@ -48,7 +53,7 @@ static size_t trials_of(const spec_t *s, trial_t *t) {
   t[n++] = (trial_t){"12abc", 0};
   t[n++] = (trial_t){"0", s->zero_ok};
   t[n++] = (trial_t){"1", s->one_ok};
-  t[n++] = (trial_t){"-1", 0};
+  t[n++] = (trial_t){"-1", s->minus_one_ok};
   t[n++] = (trial_t){"99999999999999999999", 0};                     /* overflow */
   t[n++] = (trial_t){s->kind == INT ? "2147483647" : "18446744073709551615", 0}; /* max */
   t[n++] = (trial_t){"4294967296", 0};                               /* wraps an unsigned int */
@@ -100,65 +105,67 @@ static void clear_env(void) {
   for (size_t i = 0; i < NSPECS; i++) unsetenv(specs[i].env);
 }
 
-TEST(every_option_from_the_environment) {
+/* Runs fn on every option with every value it is tried with. */
+static void for_every_trial(void (*fn)(const spec_t *s, const trial_t *t)) {
   clear_env();
   for (size_t i = 0; i < NSPECS; i++) {
-    const spec_t *s = &specs[i];
     trial_t t[24];
-    size_t n = trials_of(s, t);
-    for (size_t k = 0; k < n; k++) {
-      setenv(s->env, t[k].text, 1);
-      cumem_options_t o;
-      cumem_options_init(&o);
-      unsetenv(s->env);
-      if (t[k].ok) {
-        if (o.invalid_env || open_and_use(&o) != 0) {
-          fprintf(stderr, "  %s=\"%s\" should be accepted: %s\n", s->env, t[k].text, cumem_last_error());
-          CHECK(0);
-        }
-      } else {
-        if (!o.invalid_env || strcmp(o.invalid_env, s->env) != 0) {
-          fprintf(stderr, "  %s=\"%s\" not recorded as invalid\n", s->env, t[k].text);
-          CHECK(0);
-        }
-        setenv(s->env, t[k].text, 1); /* open re-reads it to say what is wrong */
-        cumem_t *cm = NULL;
-        CHECK_REFUSED(test_open(&cm, NULL, &o), s->env, s->name);
-        CHECK(cm == NULL);
-        /* cumem_open refuses it too, before any backend is loaded. */
-        CHECK_REFUSED(cumem_open(&cm, &o), s->env, s->name);
-        unsetenv(s->env);
-      }
-    }
+    size_t n = trials_of(&specs[i], t);
+    for (size_t k = 0; k < n; k++) fn(&specs[i], &t[k]);
   }
 }
 
-TEST(every_option_through_options_set) {
-  clear_env();
-  for (size_t i = 0; i < NSPECS; i++) {
-    const spec_t *s = &specs[i];
-    trial_t t[24];
-    size_t n = trials_of(s, t);
-    for (size_t k = 0; k < n; k++) {
-      /* cumem_options_set counts bytes: write the MiB of the spec out. */
-      char text[64];
-      int is_number = t[k].text[0] >= '0' && t[k].text[0] <= '9' && !strpbrk(t[k].text, "abcdefxnKGM.");
-      snprintf(text, sizeof text, "%s%s", t[k].text, s->kind == SIZE_MB && is_number ? "M" : "");
-      cumem_options_t o, before;
-      cumem_options_init(&o);
-      before = o;
-      int rc = cumem_options_set(&o, s->name, text);
-      if (t[k].ok) {
-        if (rc != 0 || open_and_use(&o) != 0) {
-          fprintf(stderr, "  %s = \"%s\" should be accepted: %s\n", s->name, text, cumem_last_error());
-          CHECK(0);
-        }
-      } else {
-        CHECK_REFUSED(rc, s->name, "allowed");
-        CHECK(memcmp(&o, &before, sizeof o) == 0); /* unchanged */
-      }
+static void through_the_environment(const spec_t *s, const trial_t *t) {
+  setenv(s->env, t->text, 1);
+  cumem_options_t o;
+  cumem_options_init(&o);
+  unsetenv(s->env);
+  if (t->ok) {
+    if (o.invalid_env || open_and_use(&o) != 0) {
+      fprintf(stderr, "  %s=\"%s\" should be accepted: %s\n", s->env, t->text, cumem_last_error());
+      CHECK(0);
     }
+    return;
   }
+  if (!o.invalid_env || strcmp(o.invalid_env, s->env) != 0) {
+    fprintf(stderr, "  %s=\"%s\" not recorded as invalid\n", s->env, t->text);
+    CHECK(0);
+  }
+  setenv(s->env, t->text, 1); /* open re-reads it to say what is wrong */
+  cumem_t *cm = NULL;
+  int rc = test_open(&cm, NULL, &o);
+  /* cumem_open refuses it too, before any backend is loaded. */
+  int rc2 = cumem_open(&cm, &o);
+  unsetenv(s->env);
+  CHECK_REFUSED(rc2, s->env, s->name);
+  CHECK(cm == NULL);
+  CHECK(rc == CUMEM_EINVAL);
+}
+
+TEST(every_option_from_the_environment) { for_every_trial(through_the_environment); }
+
+static void through_options_set(const spec_t *s, const trial_t *t) {
+  /* cumem_options_set counts bytes: write the MiB of the spec out. */
+  char text[64];
+  int is_number = t->text[0] >= '0' && t->text[0] <= '9' && !strpbrk(t->text, "abcdefxnKGM.");
+  snprintf(text, sizeof text, "%s%s", t->text, s->kind == SIZE_MB && is_number ? "M" : "");
+  cumem_options_t o, before;
+  cumem_options_init(&o);
+  before = o;
+  int rc = cumem_options_set(&o, s->name, text);
+  if (t->ok) {
+    if (rc != 0 || open_and_use(&o) != 0) {
+      fprintf(stderr, "  %s = \"%s\" should be accepted: %s\n", s->name, text, cumem_last_error());
+      CHECK(0);
+    }
+    return;
+  }
+  CHECK_REFUSED(rc, s->name, "allowed");
+  CHECK(memcmp(&o, &before, sizeof o) == 0); /* unchanged */
+}
+
+TEST(every_option_through_options_set) {
+  for_every_trial(through_options_set);
   cumem_options_t o;
   cumem_options_init(&o);
   CHECK_REFUSED(cumem_options_set(&o, "no_such_option", "1"), "no_such_option", "copy_chunk");
@@ -196,7 +203,8 @@ static const field_trial_t fields[] = {
     IN(host_threads, 0, 0), IN(host_threads, 1, 1), IN(host_threads, -1, 0), IN(host_threads, INT_MAX, 0),
     IN(host_threads, INT_MIN, 0), IN(release_threads, 0, 0), IN(release_threads, 64, 1),
     IN(release_threads, 65, 0), IN(release_threads, -1, 0), IN(verbose, -1, 0), IN(verbose, 2, 0),
-    IN(verbose, INT_MAX, 0),
+    IN(verbose, INT_MAX, 0), IN(numa, -1, 1), IN(numa, -2, 0), IN(numa, 2, 0), IN(prepare_ahead_delay_ms, 0, 1),
+    IN(prepare_ahead_delay_ms, -1, 0), IN(prepare_ahead_delay_ms, INT_MAX, 0),
 };
 
 TEST(every_option_through_the_struct) {

@@ -49,6 +49,8 @@ SPECS = [
     ("host_threads", "CUMEM_HOST_THREADS", "int", 1, 256, 0, 257),
     ("release_threads", "CUMEM_RELEASE_THREADS", "int", 1, 64, 0, 65),
     ("verbose", "CUMEM_VERBOSE", "int", 0, 1, -1, 2),
+    ("prepare_ahead_delay_ms", "CUMEM_PREPARE_AHEAD_DELAY_MS", "int", 0, 86400000, -1, 86400001),
+    ("numa", "CUMEM_NUMA", "int", -1, 1, -2, 2),
 ]
 
 
@@ -56,9 +58,9 @@ def keyword_trials(spec):
     name, env, kind, lo, hi, below, above = spec
     trials = [
         ("garbage", "garbage", False),
-        ("zero", 0, lo == 0),
+        ("zero", 0, lo <= 0 <= hi),
         ("one", 1, lo <= 1 <= hi and (kind != "size" or name == "chunk_size")),
-        ("negative", -1, False),
+        ("negative", -1, lo <= -1),
         ("overflow", 2**64, False),
         ("huge", 2**70, False),
         ("max", 2**64 - 1 if kind == "size" else 2**31 - 1, False),
@@ -70,6 +72,8 @@ def keyword_trials(spec):
     trials.append(("above", above, False))
     if kind == "size":
         trials += [("unit", "64M", True), ("nan", "nan", False), ("exponent", "1e3", False)]
+    if name == "numa":
+        trials.append(("auto", "auto", True))
     return [pytest.param(name, value, ok, id=f"{name}-{label}") for label, value, ok in trials]
 
 
@@ -97,10 +101,10 @@ def test_every_option_through_keywords(name, value, ok, monkeypatch):
 
 ENV_CASES = [
     pytest.param(env, text, ok, id=f"{env}={text}")
-    for (_, env, kind, *_rest) in SPECS
+    for (_, env, kind, lo, *_rest) in SPECS
     for text, ok in [
         ("garbage", False),
-        ("-1", False),
+        ("-1", lo <= -1),
         ("99999999999999999999", False),
         ("18446744073709551615", False),
         ("1" if kind == "int" else "64", True),
