@@ -105,6 +105,10 @@ typedef struct cumem_options {
                            copies run; CUMEM_RELEASE_THREADS (default 4) */
   int verbose;          /* print what the library decides to stderr;
                            CUMEM_VERBOSE */
+  int skip_unchanged;   /* at sleep, fingerprint each copy chunk on the
+                           device and copy only those that changed since
+                           the retained backup was written (per tag:
+                           cumem_tag_options_t); CUMEM_SKIP_UNCHANGED */
 } cumem_options_t;
 
 /* Fill *opts with the defaults, then apply the CUMEM_* environment. */
@@ -248,6 +252,10 @@ typedef struct cumem_stats {
   size_t bytes_asleep;    /* of which released */
   size_t bytes_backed_up; /* content held in host backups while asleep */
   size_t bytes_host_held; /* pinned host memory held, retained included */
+  size_t bytes_skipped;   /* of bytes_backed_up, what their sleep did not
+                             copy because the retained backup held it
+                             already (skip unchanged); the bytes copied are
+                             bytes_backed_up - bytes_skipped */
 } cumem_stats_t;
 
 /* Figures for one tag, or for all when tag is NULL. */

@@ -43,6 +43,8 @@ typedef struct alloc {
   tag_t *tag;
   hostbuf_t backup;  /* pinned host memory, kept across cycles when retained */
   int backed_up;     /* the backup holds the content (set once copied) */
+  size_t skipped;    /* bytes of it its sleep did not copy: the backup held
+                        them already (skip unchanged; skip.h) */
   int freeing;       /* a free has begun: only free (a retry) may touch it */
   struct alloc *hash_next;          /* table bucket chain */
   struct alloc *prev, *next;        /* every allocation, oldest first */
@@ -77,6 +79,8 @@ struct cumem {
   int ndevices;
   device_t devices[CUMEM_MAX_DEVICES];
   alloc_t *limbo;  /* failed allocations whose undo failed: retried later */
+  uint64_t *fp_arena;    /* skip.c: page-locked room for a sleep's */
+  size_t fp_arena_size;  /* fingerprints (kept only if unlocking failed) */
 };
 
 void cumem__lock_init(cumem__lock_t *l);
@@ -121,5 +125,10 @@ int cumem__tag_in(tag_t *t, tag_t **set, size_t n, int all);
 int cumem__engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned char *offload);
 int cumem__engine_wake(cumem_t *cm, alloc_t **list, size_t n);
 int cumem__engine_prepare(cumem_t *cm, alloc_t **list, size_t n);
+
+/* skip.c: give back the fingerprint arena where a sleep could not (its
+ * unregistration failed); 0 when there is none. close and release_backup
+ * call it. */
+int cumem__skip_give_back(cumem_t *cm);
 
 #endif

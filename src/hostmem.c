@@ -67,6 +67,7 @@ int cumem__hostbuf_free(cumem_backend_t *b, hostbuf_t *hb) {
   if (munmap(hb->map_base, hb->map_size) != 0)
     return CUMEM_FAIL(CUMEM_ENOHOST, "munmap of host backup failed: %s", strerror(errno));
   free(hb->ready);
+  free(hb->fingerprints);
   memset(hb, 0, sizeof *hb);
   return 0;
 }

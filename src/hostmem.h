@@ -19,6 +19,12 @@ typedef struct hostbuf {
   size_t nseg;
   unsigned char *ready; /* per segment: touched and registered */
   int filled;           /* holds the content saved by the last sleep */
+  /* Skip unchanged (skip.h): the fingerprints of the content held, two
+   * values per segment, valid while `fingerprinted`; `viewed` once a
+   * writable view was handed out (the content may change behind cumem). */
+  uint64_t *fingerprints;
+  int fingerprinted;
+  int viewed;
 } hostbuf_t;
 
 /* Map (not yet touch) `size` bytes in segments of `seg`. Pre: hb is empty. */
