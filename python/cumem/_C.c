@@ -180,6 +180,7 @@ static PyObject *stats_dict(const cumem_stats_t *s) {
   SET_ITEM(d, "bytes_asleep", PyLong_FromSize_t(s->bytes_asleep));
   SET_ITEM(d, "bytes_backed_up", PyLong_FromSize_t(s->bytes_backed_up));
   SET_ITEM(d, "bytes_host_held", PyLong_FromSize_t(s->bytes_host_held));
+  SET_ITEM(d, "bytes_skipped", PyLong_FromSize_t(s->bytes_skipped));
   return d;
 }
 
@@ -247,25 +248,26 @@ static int instance_ok(InstanceObject *self) {
 
 /* Instance(backend=None, *, chunk_size=None, zero_on_wake=None,
  *          retain_backup=None, copy_chunk=None, host_threads=None,
- *          verbose=None, fault=False)
+ *          verbose=None, fault=False, skip_unchanged=None)
  * Opens a private instance. Options left None keep cumem_options_init's
  * value (the defaults, then the CUMEM_* environment). fault=True wraps the
  * backend in the fault-injecting one (for tests; see fault_arm). */
 static int Instance_init(InstanceObject *self, PyObject *args, PyObject *kw) {
   static char *kwlist[] = {"backend",      "chunk_size", "zero_on_wake",
                            "retain_backup", "copy_chunk", "host_threads",
-                           "verbose",      "fault",      NULL};
+                           "verbose",      "fault",      "skip_unchanged",
+                           NULL};
   PyObject *backend = Py_None, *chunk = Py_None, *zero = Py_None,
            *retain = Py_None, *copy = Py_None, *threads = Py_None,
-           *verbose = Py_None;
+           *verbose = Py_None, *skip = Py_None;
   int fault = 0;
   if (self->cm) {
     PyErr_SetString(PyExc_RuntimeError, "Instance is already open");
     return -1;
   }
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O$OOOOOOp", kwlist, &backend,
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O$OOOOOOpO", kwlist, &backend,
                                    &chunk, &zero, &retain, &copy, &threads,
-                                   &verbose, &fault))
+                                   &verbose, &fault, &skip))
     return -1;
 
   cumem_options_t opts;
@@ -298,6 +300,7 @@ static int Instance_init(InstanceObject *self, PyObject *args, PyObject *kw) {
   OPT_SIZE(copy, copy_chunk)
   OPT_INT(threads, host_threads)
   OPT_INT(verbose, verbose)
+  OPT_INT(skip, skip_unchanged)
 #undef OPT_SIZE
 #undef OPT_INT
 
@@ -868,7 +871,7 @@ static PyTypeObject InstanceType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Instance(backend=None, *, chunk_size=None, zero_on_wake=None, "
               "retain_backup=None, copy_chunk=None, host_threads=None, "
-              "verbose=None, fault=False)\n\n"
+              "verbose=None, fault=False, skip_unchanged=None)\n\n"
               "One cumem instance (cumem_open). Use cumem.default() for the "
               "process-wide instance that PyTorch allocations go to.",
     .tp_methods = Instance_methods,
