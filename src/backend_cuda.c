@@ -100,8 +100,9 @@
   X(ModuleUnload, 2000)             \
   X(ModuleGetFunction, 2000)        \
   X(LaunchKernel, 4000)             \
-  X(MemAllocAsync, 11020)           \
-  X(MemFreeAsync, 11020)
+  X(MemAlloc, 3020)                 \
+  X(MemFree, 3020)                  \
+  X(StreamWaitEvent, 3020)
 
 #define CUDA_DECLARE(name, version) PFN_cu##name##_v##version name;
 
@@ -233,11 +234,18 @@ typedef struct cuda_device {
   CUmodule fp_module;
   CUfunction fp_kernel;
   int sm_count;
+  /* Where the kernel's blocks add up their sums (under fp_lock): device
+   * memory kept from call to call, and an event recorded after the last
+   * call's use of it, which the next call's stream waits for. */
+  CUdeviceptr fp_sums;
+  size_t fp_sums_size;
+  CUevent fp_sums_free;
 } cuda_device_t;
 
 typedef struct cuda_backend {
   cumem_backend_t base;
   pthread_mutex_t open_lock; /* serializes the lazy opening of devices */
+  pthread_mutex_t fp_lock;   /* guards the devices' fingerprint sums */
   int count;
   cuda_device_t *devices;
   atomic_long reservations, handles, mappings, host_registrations, streams,
@@ -805,9 +813,9 @@ static int cuda_memset(cumem_backend_t *b, uintptr_t dst, unsigned char value, s
 /* ---- fingerprints (the kernel: src/fingerprint.cu) ------------------- */
 
 /* Load the fingerprint kernel into d's primary context, once. A device
- * where it cannot load (a driver older than the PTX, no stream-ordered
- * memory pools) answers CUMEM_ENOTSUP from then on: sleep copies
- * everything there. Pre: d's context is current. */
+ * where it cannot load (a driver older than the PTX ISA) answers
+ * CUMEM_ENOTSUP from then on: sleep copies everything there. Pre: d's
+ * context is current. */
 static int cuda_fingerprint_load(cuda_backend_t *cb, cuda_device_t *d, int device) {
   if (atomic_load_explicit(&d->fp_state, memory_order_acquire) == 1) return 0;
   pthread_mutex_lock(&cb->open_lock);
@@ -817,9 +825,7 @@ static int cuda_fingerprint_load(cuda_backend_t *cb, cuda_device_t *d, int devic
     CUresult r = CUDA_SUCCESS;
     CUmodule mod = NULL;
     double t0 = cumem__now();
-    if (!cuda_attribute(d->dev, CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED)) {
-      snprintf(d->fp_why, sizeof d->fp_why, "the device has no stream-ordered memory pools");
-    } else if ((r = cu.ModuleLoadData(&mod, cumem__fingerprint_ptx)) != CUDA_SUCCESS) {
+    if ((r = cu.ModuleLoadData(&mod, cumem__fingerprint_ptx)) != CUDA_SUCCESS) {
       if (cu.GetErrorName(r, &name) != CUDA_SUCCESS) name = "?";
       snprintf(d->fp_why, sizeof d->fp_why,
                "cuModuleLoadData of its PTX failed: %s (a driver older than the PTX ISA of src/fingerprint.ptx?)",
@@ -868,6 +874,32 @@ static unsigned cuda_fingerprint_blocks(const cuda_device_t *d, size_t nchunks, 
   return want ? (unsigned)want : 1;
 }
 
+/* d's sums, at least `bytes` of them, zeroed and ordered after their last
+ * use on `st`. Pre: fp_lock held, d's context current. A new buffer is only
+ * needed when a call has more chunks than any before (it starts at 64 KiB:
+ * 4096 chunks). */
+static int cuda_fingerprint_sums(cuda_device_t *d, size_t bytes, CUstream st) {
+  int rc = 0;
+  if (!d->fp_sums_free)
+    rc = CUDA_CHECK(cu.EventCreate(&d->fp_sums_free, CU_EVENT_DISABLE_TIMING), "cuEventCreate(fingerprint sums)");
+  if (!rc && bytes > d->fp_sums_size) {
+    size_t size = 64 * 1024;
+    while (size < bytes) size *= 2;
+    if (d->fp_sums) { /* the old one may still be in use: wait, then free */
+      rc = CUDA_CHECK(cu.EventSynchronize(d->fp_sums_free), "cuEventSynchronize(fingerprint sums)");
+      if (!rc) rc = CUDA_CHECK(cu.MemFree(d->fp_sums), "cuMemFree(fingerprint sums)");
+      if (!rc) d->fp_sums = 0, d->fp_sums_size = 0;
+    }
+    CUdeviceptr p = 0;
+    if (!rc) rc = CUDA_CHECK(cu.MemAlloc(&p, size), "cuMemAlloc(%zu bytes of fingerprint sums)", size);
+    if (!rc) d->fp_sums = p, d->fp_sums_size = size;
+  }
+  /* Another stream's call may still be reading the sums: wait on the device. */
+  if (!rc) rc = CUDA_CHECK(cu.StreamWaitEvent(st, d->fp_sums_free, 0), "cuStreamWaitEvent(fingerprint sums)");
+  if (!rc) rc = CUDA_CHECK(cu.MemsetD8Async(d->fp_sums, 0, bytes, st), "cuMemsetD8Async(%zu bytes)", bytes);
+  return rc;
+}
+
 static int cuda_fingerprint(cumem_backend_t *b, uintptr_t va, size_t chunk, size_t n, uint64_t *out,
                             void *stream) {
   int rc = cumem__fingerprint_check_args("cuda", va, chunk, n, out);
@@ -885,13 +917,15 @@ static int cuda_fingerprint(cumem_backend_t *b, uintptr_t va, size_t chunk, size
   if (!rc && nchunks > 0x7fffffffu / per_chunk)
     rc = CUMEM_FAIL(CUMEM_EINVAL, "fingerprint: %zu chunks of %zu bytes are too many for one launch", nchunks,
                     chunk);
+  if (rc) {
+    cuda_leave(&s);
+    return rc;
+  }
   /* The blocks add into zeroed device memory, which is then copied to out. */
-  CUdeviceptr sums = 0;
-  if (!rc) rc = CUDA_CHECK(cu.MemAllocAsync(&sums, bytes, st), "cuMemAllocAsync(%zu bytes, stream=%p)", bytes,
-                           stream);
-  if (!rc) rc = CUDA_CHECK(cu.MemsetD8Async(sums, 0, bytes, st), "cuMemsetD8Async(%zu bytes)", bytes);
+  pthread_mutex_lock(&cb->fp_lock);
+  rc = cuda_fingerprint_sums(d, bytes, st);
   if (!rc) {
-    CUdeviceptr base = (CUdeviceptr)va;
+    CUdeviceptr base = (CUdeviceptr)va, sums = d->fp_sums;
     unsigned long long chunk_bytes = chunk, n_bytes = n;
     void *args[] = {&base, &chunk_bytes, &n_bytes, &sums, &per_chunk};
     unsigned grid = (unsigned)(nchunks * per_chunk);
@@ -899,12 +933,12 @@ static int cuda_fingerprint(cumem_backend_t *b, uintptr_t va, size_t chunk, size
                     "cuLaunchKernel(%s, grid=%u, block=%d, va=0x%jx, n=%zu, chunk=%zu)", CUMEM_FP_KERNEL, grid,
                     CUMEM_FP_THREADS, (uintmax_t)va, n, chunk);
   }
-  if (!rc) rc = CUDA_CHECK(cu.MemcpyDtoHAsync(out, sums, bytes, st), "cuMemcpyDtoHAsync(fingerprints, %zu bytes)",
-                           bytes);
-  if (sums) {
-    int rc2 = CUDA_CHECK(cu.MemFreeAsync(sums, st), "cuMemFreeAsync(fingerprint sums)");
-    if (!rc) rc = rc2;
-  }
+  if (!rc) rc = CUDA_CHECK(cu.MemcpyDtoHAsync(out, d->fp_sums, bytes, st),
+                           "cuMemcpyDtoHAsync(fingerprints, %zu bytes)", bytes);
+  /* Whatever was queued, the next call waits for it. */
+  int rc2 = d->fp_sums_free ? CUDA_CHECK(cu.EventRecord(d->fp_sums_free, st), "cuEventRecord(fingerprint sums)") : 0;
+  if (!rc) rc = rc2;
+  pthread_mutex_unlock(&cb->fp_lock);
   cuda_leave(&s);
   return rc;
 }
@@ -933,14 +967,20 @@ static void cuda_destroy(cumem_backend_t *b) {
   for (int i = 0; i < cb->count; i++) {
     cuda_device_t *d = &cb->devices[i];
     if (!atomic_load(&d->ready)) continue;
-    if (atomic_load(&d->fp_state) == 1) { /* the module lives in the context */
+    if (atomic_load(&d->fp_state) == 1 || d->fp_sums_free) { /* they live in the context */
       cuda_scope_t s = CUDA_SCOPE_INIT;
-      if (cuda_switch(&s, d->ctx) == 0) (void)cu.ModuleUnload(d->fp_module);
+      if (cuda_switch(&s, d->ctx) == 0) {
+        if (d->fp_sums_free) (void)cu.EventSynchronize(d->fp_sums_free);
+        if (d->fp_sums) (void)cu.MemFree(d->fp_sums);
+        if (d->fp_sums_free) (void)cu.EventDestroy(d->fp_sums_free);
+        if (atomic_load(&d->fp_state) == 1) (void)cu.ModuleUnload(d->fp_module);
+      }
       cuda_leave(&s);
     }
     (void)cu.DevicePrimaryCtxRelease(d->dev);
   }
   pthread_mutex_destroy(&cb->open_lock);
+  pthread_mutex_destroy(&cb->fp_lock);
   free(cb->devices);
   free(cb);
 }
@@ -971,6 +1011,12 @@ int cumem_backend_cuda(cumem_backend_t **out) {
     return CUMEM_FAIL(CUMEM_ENOHOST, "cumem_backend_cuda: out of host memory");
   }
   if (pthread_mutex_init(&cb->open_lock, NULL) != 0) {
+    free(cb);
+    free(devices);
+    return CUMEM_FAIL(CUMEM_ENOHOST, "cumem_backend_cuda: pthread_mutex_init failed");
+  }
+  if (pthread_mutex_init(&cb->fp_lock, NULL) != 0) {
+    pthread_mutex_destroy(&cb->open_lock);
     free(cb);
     free(devices);
     return CUMEM_FAIL(CUMEM_ENOHOST, "cumem_backend_cuda: pthread_mutex_init failed");

@@ -259,6 +259,7 @@ TEST(backend_fingerprints_equal_the_cpu_function) {
       {32, 17, 16},                     /* a word and a byte */
       {0, 64 * 1024, 16},               /* 4096 one-word chunks */
       {0, 12 * MiB, 48 * 1024},         /* 256 chunks: one block each */
+      {0, 12 * MiB, 1024},              /* 12288 chunks: more sums than at first */
   };
   uint64_t *want = malloc(r.out_size);
   CHECK(want);
@@ -290,6 +291,22 @@ TEST(backend_fingerprints_equal_the_cpu_function) {
     cumem__fingerprint_host(data, 12 * MiB, 12 * MiB, want);
     CHECK(r.out[0] == want[0] && r.out[1] == want[1]);
   }
+  /* Two streams, one call each, queued back to back: neither may see the
+   * other's sums (on cuda they share device memory, ordered by an event). */
+  void *other = NULL;
+  CHECK_OK(r.b->stream_create(r.b, 0, &other));
+  uint64_t *second = r.out + r.out_size / sizeof *r.out / 2;
+  memset(r.out, 0xee, r.out_size);
+  int rc1 = r.b->fingerprint(r.b, r.va, MiB, 6 * MiB, r.out, r.stream);
+  int rc2 = r.b->fingerprint(r.b, r.va + 6 * MiB, 2 * MiB, 6 * MiB, second, other);
+  int rc3 = r.b->stream_synchronize(r.b, r.stream);
+  int rc4 = r.b->stream_synchronize(r.b, other);
+  r.b->stream_destroy(r.b, other);
+  CHECK_OK(rc1 ? rc1 : rc2 ? rc2 : rc3 ? rc3 : rc4);
+  cumem__fingerprint_host(data, 6 * MiB, MiB, want);
+  CHECK(memcmp(r.out, want, 12 * sizeof *want) == 0);
+  cumem__fingerprint_host(data + 6 * MiB, 6 * MiB, 2 * MiB, want);
+  CHECK(memcmp(second, want, 6 * sizeof *want) == 0);
   free(want);
   free(data);
   region_close(&r);
