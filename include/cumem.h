@@ -69,7 +69,8 @@ CUMEM_API unsigned cumem_version_hex(void);
   XX(ENOTSUP, -10, "not supported by this backend or device")                 \
   XX(ENOSPC, -11, "out of disk space for a backup")                           \
   XX(EBUSY, -12, "busy: other calls are still using it")                      \
-  XX(EFORKED, -13, "the instance belongs to the parent process (fork)")
+  XX(EFORKED, -13, "the instance belongs to the parent process (fork)")      \
+  XX(EIO, -14, "disk I/O failed for a backup")
 
 enum {
   CUMEM_OK = 0,
@@ -105,6 +106,12 @@ typedef struct cumem_options {
                            copies run; CUMEM_RELEASE_THREADS (default 4) */
   int verbose;          /* print what the library decides to stderr;
                            CUMEM_VERBOSE */
+  const char *disk_dir; /* directory for the backups of tags whose backup is
+                           CUMEM_BACKUP_DISK; NULL or "" = none (sleeping
+                           such a tag is then CUMEM_EINVAL). Checked at open:
+                           it must exist, be a directory and take new files.
+                           Copied: the string need not outlive the call.
+                           CUMEM_DISK_DIR */
   int skip_unchanged;   /* at sleep, fingerprint each copy chunk on the
                            device and copy only those that changed since
                            the retained backup was written (per tag:
@@ -129,6 +136,14 @@ CUMEM_API const char *cumem_backend_name(const cumem_t *cm);
  * opened on first use with the environment's options. */
 CUMEM_API int cumem_default(cumem_t **out);
 
+/* Change the instance's disk_dir (checked as at open; NULL or "" = none).
+ * Backups already on disk stay where they are (their files have no name);
+ * later sleeps write under the new directory. */
+CUMEM_API int cumem_set_disk_dir(cumem_t *cm, const char *dir);
+/* Copy the disk_dir (an absolute path; "" when none) into buf. CUMEM_EINVAL
+ * when it does not fit in cap bytes. */
+CUMEM_API int cumem_get_disk_dir(cumem_t *cm, char *buf, size_t cap);
+
 /* ---- tags -------------------------------------------------------------- */
 
 #define CUMEM_TAG_MAX 63 /* longest tag, in bytes */
@@ -144,7 +159,11 @@ CUMEM_API const char *cumem_current_tag(void);
 #define CUMEM_TAG_INHERIT (-1)
 enum {
   CUMEM_BACKUP_HOST = 0, /* offloaded content goes to pinned host memory */
-  CUMEM_BACKUP_DISK = 1, /* ... to files under the instance's disk_dir */
+  CUMEM_BACKUP_DISK = 1, /* ... to files under the instance's disk_dir,
+                            through a few pinned staging buffers: no host
+                            copy is kept. Files have no name (nothing left
+                            over after a crash can be read) and are removed
+                            on wake, free and close. */
 };
 typedef struct cumem_tag_options {
   int backup;         /* CUMEM_BACKUP_HOST (default) or CUMEM_BACKUP_DISK */
@@ -186,8 +205,9 @@ typedef struct cumem_alloc_info {
   size_t requested;   /* size asked for */
   int device;
   int asleep;         /* 1 when any of its physical memory is released */
-  int backed_up;      /* 1 when the host backup holds its content */
+  int backed_up;      /* 1 when a backup (host or disk) holds its content */
   char tag[CUMEM_TAG_MAX + 1];
+  int on_disk;        /* 1 when that backup is a file under disk_dir */
 } cumem_alloc_info_t;
 
 /* Describe the allocation that contains ptr (any address inside it). */
@@ -201,22 +221,30 @@ CUMEM_API int cumem_query(cumem_t *cm, const void *ptr,
 
 /* Put to sleep every awake allocation whose tag is in `tags`: first wait for
  * all work queued on its device, copy those whose tag is in `offload_tags` to
- * host memory, then release their physical memory; addresses stay reserved.
+ * host memory (or to disk, for tags whose backup is CUMEM_BACKUP_DISK), then
+ * release their physical memory; addresses stay reserved.
  * An allocation is released only after its backup is complete. On failure
  * the allocations already asleep stay asleep (with their backups) and the
- * rest stay awake; a retry completes the sleep. Asleep ones are skipped. */
+ * rest stay awake; a retry completes the sleep. Asleep ones are skipped.
+ * Disk backups are written first, before anything of the call is released:
+ * when one cannot be written (CUMEM_ENOSPC for a full disk or a file size
+ * limit, CUMEM_EIO for other I/O errors) the call changes nothing — every
+ * allocation it names stays awake and intact, whatever its tag — and the
+ * files it wrote are removed. */
 CUMEM_API int cumem_sleep(cumem_t *cm, const char *const *tags,
                           const char *const *offload_tags);
 /* Wake every sleeping allocation whose tag is in `tags`: create and map
  * physical memory at the same addresses and restore backed-up content. On
  * failure everything this call mapped is released again, every backup is
- * kept, and a later wake restores all of it. Awake ones are skipped. */
+ * kept, and a later wake restores all of it. Awake ones are skipped. Disk
+ * backups are removed once the wake has succeeded (never retained). */
 CUMEM_API int cumem_wake(cumem_t *cm, const char *const *tags);
 
 /* Pin host backup memory for these tags' allocations ahead of time, so that
  * the first sleep only copies. NULL = every tag. */
 CUMEM_API int cumem_prepare_backup(cumem_t *cm, const char *const *tags);
-/* Give back the retained backups of awake allocations (munmap: RSS drops). */
+/* Give back the retained backups of awake allocations (munmap: RSS drops),
+ * and staging buffers of the disk tier that a failed call could not. */
 CUMEM_API int cumem_release_backup(cumem_t *cm, const char *const *tags);
 
 /* Where the host backup keeps the bytes of ptr (any address inside a live
@@ -224,7 +252,8 @@ CUMEM_API int cumem_release_backup(cumem_t *cm, const char *const *tags);
  * from there to the end of the allocation. The backup holds the content the
  * last sleep saved — while asleep, and after wake as long as it is retained
  * (it is not updated by later writes to the device). CUMEM_ENOTFOUND when
- * ptr is not live or no sleep has saved its content. The view is valid
+ * ptr is not live or no sleep has saved its content in host memory (a
+ * disk backup has no host view). The view is valid
  * until the backup is released (wake without retention, release_backup,
  * free). */
 CUMEM_API int cumem_backup_view(cumem_t *cm, const void *ptr, void **host,
@@ -250,8 +279,10 @@ typedef struct cumem_stats {
   size_t bytes_allocated; /* their rounded sizes */
   size_t bytes_mapped;    /* of which backed by physical memory now */
   size_t bytes_asleep;    /* of which released */
-  size_t bytes_backed_up; /* content held in host backups while asleep */
+  size_t bytes_backed_up; /* content held in backups while asleep */
   size_t bytes_host_held; /* pinned host memory held, retained included */
+  size_t bytes_on_disk;   /* of bytes_backed_up, held in files under
+                             disk_dir */
   size_t bytes_skipped;   /* of bytes_backed_up, what their sleep did not
                              copy because the retained backup held it
                              already (skip unchanged); the bytes copied are

@@ -26,6 +26,15 @@ CUMEM_API long cumem_fault_calls(const cumem_backend_t *fault);
 /* Failures injected since the last arm. */
 CUMEM_API long cumem_fault_injected(const cumem_backend_t *fault);
 
+/* The disk tier's file operations, for tests: before each one, `fn` (when
+ * set) is called with its name — "tmpfile" (create an unnamed file),
+ * "mkstemp" (the named fallback), "unlink", "direct" (turn on O_DIRECT),
+ * "allocate" (reserve space), "write", "read" — and a non-zero return is
+ * taken as that call's errno, without making the call. Process-wide; NULL
+ * turns it off. */
+typedef int (*cumem_disk_fault_fn)(const char *op, void *arg);
+CUMEM_API void cumem_fault_disk(cumem_disk_fault_fn fn, void *arg);
+
 #ifdef __cplusplus
 }
 #endif

@@ -151,6 +151,9 @@ int cumem_open_backend(cumem_t **out, const cumem_options_t *opts, cumem_backend
   if (!rc && cm->ndevices <= 0)
     rc = CUMEM_FAIL(CUMEM_ENODRIVER, "backend %s has no device", backend->name);
   if (!rc && cm->ndevices > CUMEM_MAX_DEVICES) cm->ndevices = CUMEM_MAX_DEVICES;
+  if (!rc && cm->opts.disk_dir && *cm->opts.disk_dir)
+    rc = cumem__disk_dir_check(cm->opts.disk_dir, &cm->disk_dir);
+  if (cm) cm->opts.disk_dir = NULL; /* the caller's string; the instance's own copy is cm->disk_dir */
   for (int d = 0; !rc && d < cm->ndevices; d++) {
     rc = backend->device_info(backend, d, &cm->devices[d].info);
     if (!rc && cm->devices[d].info.granularity == 0)
@@ -158,7 +161,10 @@ int cumem_open_backend(cumem_t **out, const cumem_options_t *opts, cumem_backend
     cm->devices[d].known = !rc;
   }
   if (rc) {
-    if (cm) cumem__table_destroy(&cm->table);
+    if (cm) {
+      cumem__table_destroy(&cm->table);
+      free(cm->disk_dir);
+    }
     free(cm);
     backend->destroy(backend);
     return rc;
@@ -301,6 +307,7 @@ static int alloc_release_all(cumem_t *cm, alloc_t *a) {
   }
   int rc = cumem__hostbuf_free(cm->backend, &a->backup);
   if (rc) return rc;
+  cumem__disk_close(&a->disk);
   a->backed_up = 0;
   /* The address range goes last: while the record exists, no other
    * allocation can be given its addresses. */
@@ -454,6 +461,7 @@ int cumem_close(cumem_t *cm) {
     drain_limbo(cm);
     if (cm->limbo) rc = CUMEM_FAIL(CUMEM_EDRIVER, "could not release what a failed allocation left");
   }
+  if (!rc) rc = cumem__disk_staging_free(cm);
   while (!rc && cm->table.first) {
     alloc_t *a = cm->table.first;
     rc = alloc_release_all(cm, a);
@@ -475,6 +483,7 @@ int cumem_close(cumem_t *cm) {
   }
   cumem__table_destroy(&cm->table);
   cumem__lock_destroy(&cm->lock);
+  free(cm->disk_dir);
   cm->backend->destroy(cm->backend);
   free(cm);
   return 0;
@@ -503,6 +512,7 @@ int cumem_query(cumem_t *cm, const void *ptr, cumem_alloc_info_t *info) {
     info->device = a->device;
     info->asleep = cumem__is_asleep(a);
     info->backed_up = a->backed_up;
+    info->on_disk = a->backed_up && a->disk.filled;
     strcpy(info->tag, a->tag->name);
   }
   cumem__leave(cm);
@@ -515,6 +525,8 @@ int cumem_backup_view(cumem_t *cm, const void *ptr, void **host, size_t *len) {
   if (rc) return rc;
   alloc_t *a = cumem__table_find_containing(&cm->table, (uintptr_t)ptr);
   rc = !a ? CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is not inside a live cumem allocation", ptr)
+           : a->backed_up && a->disk.filled
+               ? CUMEM_FAIL(CUMEM_ENOTFOUND, "the content of %p is backed up on disk: no host view", ptr)
            : !a->backup.filled ? CUMEM_FAIL(CUMEM_ENOTFOUND, "no sleep has saved the content of %p", ptr)
                                : 0;
   if (!rc) {
@@ -546,7 +558,8 @@ int cumem_stats(cumem_t *cm, const char *tag, cumem_stats_t *out) {
       out->bytes_mapped += m;
       out->bytes_asleep += a->size - m;
       if (a->backed_up) out->bytes_backed_up += a->size;
-      if (a->backed_up) out->bytes_skipped += a->skipped;
+      if (a->backed_up && !a->disk.filled) out->bytes_skipped += a->skipped; /* host backups only */
+      if (a->backed_up && a->disk.filled) out->bytes_on_disk += a->size;
       out->bytes_host_held += cumem__hostbuf_held(&a->backup);
     }
   }

@@ -4,6 +4,7 @@
 
 #include "internal.h"
 #include "hostmem.h"
+#include "disk.h"
 
 #include <pthread.h>
 
@@ -42,9 +43,11 @@ typedef struct alloc {
   uint64_t peer_mask;
   tag_t *tag;
   hostbuf_t backup;  /* pinned host memory, kept across cycles when retained */
-  int backed_up;     /* the backup holds the content (set once copied) */
-  size_t skipped;    /* bytes of it its sleep did not copy: the backup held
-                        them already (skip unchanged; skip.h) */
+  diskfile_t disk;   /* the backup of a disk tag (disk.c), while asleep */
+  int backed_up;     /* a backup holds the content (set once copied): the
+                        file when disk.filled, else the host backup */
+  size_t skipped;    /* bytes of it its sleep did not copy: the host backup
+                        held them already (skip unchanged; skip.h) */
   int freeing;       /* a free has begun: only free (a retry) may touch it */
   struct alloc *hash_next;          /* table bucket chain */
   struct alloc *prev, *next;        /* every allocation, oldest first */
@@ -79,6 +82,8 @@ struct cumem {
   int ndevices;
   device_t devices[CUMEM_MAX_DEVICES];
   alloc_t *limbo;  /* failed allocations whose undo failed: retried later */
+  char *disk_dir;  /* absolute path for disk backups, or NULL (disk.c) */
+  hostbuf_t disk_staging; /* disk.c's staging buffers, during a call */
   uint64_t *fp_arena;    /* skip.c: page-locked room for a sleep's */
   size_t fp_arena_size;  /* fingerprints (kept only if unlocking failed) */
 };

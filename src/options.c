@@ -51,4 +51,6 @@ void cumem_options_init(cumem_options_t *opts) {
   opts->release_threads = (int)env_int("CUMEM_RELEASE_THREADS", 4);
   if (opts->release_threads < 1) opts->release_threads = 1;
   opts->skip_unchanged = env_int("CUMEM_SKIP_UNCHANGED", SKIP_UNCHANGED_DEFAULT) != 0;
+  const char *disk_dir = getenv("CUMEM_DISK_DIR"); /* checked at open (disk.c) */
+  opts->disk_dir = disk_dir && *disk_dir ? disk_dir : NULL;
 }

@@ -12,7 +12,8 @@ static int skip_wanted(const cumem_t *cm, const alloc_t *a) {
   return t == CUMEM_TAG_INHERIT ? cm->opts.skip_unchanged : t;
 }
 
-/* Worth fingerprinting: the fingerprints can serve a later sleep. */
+/* Worth fingerprinting: the fingerprints can serve a later sleep. (Disk
+ * tags never reach here: their backups are written before, whole.) */
 static int skip_applies(const cumem_t *cm, const alloc_t *a) {
   return skip_wanted(cm, a) && cm->opts.retain_backup && cm->backend->fingerprint && a->backup.ptr &&
          !a->backup.viewed;

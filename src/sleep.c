@@ -1,7 +1,10 @@
 /* Sleep and wake: the engine, and the public calls that pick allocations.
  *
  * Sleep, for a list of allocations:
- *   1. wait for every device involved (unmap does not wait for kernels);
+ *   1. wait for every device involved (unmap does not wait for kernels),
+ *      then write the backups of disk tags (disk.c), before anything of the
+ *      call is released: a disk that cannot take them refuses the whole
+ *      call, which then changes nothing;
  *   2. for the allocations to offload, first-touch host segments on a pool
  *      of threads; this thread page-locks each touched segment and queues
  *      its device-to-host copy (one stream per device), so preparing and
@@ -17,9 +20,11 @@
  *   1. create and map the missing chunks of each allocation, queue the
  *      host-to-device copy of its backup and go on to map the next one
  *      while that copy runs;
- *   2. wait for all copies; only then are backups marked spent (and given
- *      back when retention is off). On any failure everything this wake
- *      mapped is released again and every backup is kept.
+ *   2. read the disk backups back (disk.c) while those copies run;
+ *   3. wait for all copies; only then are backups marked spent (and given
+ *      back when retention is off; disk backups always). On any failure
+ *      everything this wake mapped is released again and every backup is
+ *      kept.
  */
 #include "core.h"
 #include "skip.h"
@@ -99,7 +104,7 @@ int cumem__engine_prepare(cumem_t *cm, alloc_t **list, size_t n) {
   size_t njobs = 0;
   int rc = want && first ? 0 : CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory");
   if (!rc) {
-    memset(want, 1, n);
+    for (size_t i = 0; i < n; i++) want[i] = !cumem__backs_up_to_disk(list[i]); /* no host copy */
     rc = collect_jobs(cm, list, n, want, &jobs, &njobs, first);
   }
   preparer_t prep;
@@ -212,6 +217,8 @@ int cumem__engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned ch
   if (!copy || !first) rc = CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory");
   for (size_t i = 0; !rc && i < n; i++)
     copy[i] = offload[i] && !cumem__is_asleep(list[i]);
+  /* Disk backups first; those written leave `copy` and go with the discards. */
+  if (!rc) rc = cumem__disk_sleep(cm, list, n, copy);
   prep_job_t *jobs = NULL;
   size_t njobs = 0;
   if (!rc) rc = collect_jobs(cm, list, n, copy, &jobs, &njobs, first);
@@ -333,6 +340,7 @@ static int map_alloc(cumem_t *cm, alloc_t *a, mapped_chunk_t *undo, size_t *nund
 static int queue_restore(cumem_t *cm, streams_t *st, alloc_t *a) {
   cumem_backend_t *b = cm->backend;
   void *stream;
+  if (a->backed_up && a->disk.filled) return 0; /* read back by cumem__disk_wake */
   if (!a->backed_up && !cm->opts.zero_on_wake) return 0;
   int rc = stream_for(cm, st, a->device, &stream);
   if (rc) return rc;
@@ -364,6 +372,7 @@ int cumem__engine_wake(cumem_t *cm, alloc_t **list, size_t n) {
     t_map += cumem__now() - t1;
     if (!rc) rc = queue_restore(cm, &st, list[i]);
   }
+  if (!rc) rc = cumem__disk_wake(cm, list, n);
   double t_queued = cumem__now();
   cumem__error_save_t e;
   cumem__error_save(&e);
@@ -383,6 +392,7 @@ int cumem__engine_wake(cumem_t *cm, alloc_t **list, size_t n) {
     for (size_t i = 0; i < n; i++) {
       alloc_t *a = list[i];
       a->backed_up = 0;
+      cumem__disk_close(&a->disk); /* disk backups are never retained */
       if (!cm->opts.retain_backup && cumem__hostbuf_free(b, &a->backup) != 0)
         cumem__log("could not give back a host backup after wake; it stays held");
     }
@@ -465,9 +475,11 @@ int cumem_prepare_backup(cumem_t *cm, const char *const *tags) {
 }
 
 static int release_backups(cumem_t *cm, alloc_t **list, size_t n) {
+  int rc = cumem__disk_staging_free(cm); /* what a failed disk transfer kept */
+  if (rc) return rc;
   for (size_t i = 0; i < n; i++) {
     if (list[i]->backed_up) continue; /* still holds a sleeping content */
-    int rc = cumem__hostbuf_free(cm->backend, &list[i]->backup);
+    rc = cumem__hostbuf_free(cm->backend, &list[i]->backup);
     if (rc) return rc;
   }
   return cumem__skip_give_back(cm);

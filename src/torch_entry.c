@@ -1,8 +1,8 @@
 /*
  * PyTorch entry points: the two functions torch.cuda.memory.
  * CUDAPluggableAllocator(path, "cumem_torch_malloc", "cumem_torch_free")
- * loads from whatever shared object holds the cumem core (libcumem.so, or the
- * Python extension cumem/_C*.so, which is compiled with the core).
+ * loads from the shared object that holds the cumem core: libcumem.so.0 (in
+ * the Python package, cumem/libcumem.so.0 = cumem._C.LIBRARY).
  *
  * No Python and no GIL here: PyTorch calls these from C++ on the allocating
  * thread, and the tag comes from that thread's current tag

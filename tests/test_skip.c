@@ -7,6 +7,8 @@
  * releases). Runs on the host backend (CI) and on cuda (the GPU kernel). */
 #include "harness.h"
 
+#include <unistd.h>
+
 #define MiB ((size_t)1 << 20)
 
 static size_t granularity_of(cumem_t *cm) {
@@ -413,6 +415,56 @@ TEST(option_environment_and_tags) {
   }
 }
 
+/* A disk tag's backup is a file, written whole: nothing skipped. The host
+ * backup it leaves behind is stale for cumem (disk.c drops its `filled`), so
+ * back on the host, the first sleep copies everything again. */
+TEST(disk_tags_copy_everything_and_leave_no_trusted_host_backup) {
+  char dir[] = "/tmp/cumem-skip-XXXXXX";
+  CHECK(mkdtemp(dir) != NULL);
+  cumem_t *cm = NULL;
+  cumem_options_t o;
+  skip_options(&o, MiB, 1, 0);
+  o.disk_dir = dir;
+  int rc = test_open(&cm, NULL, &o);
+  if (rc) rmdir(dir);
+  CHECK_OK(rc);
+  size_t n = 2 * granularity_of(cm);
+  void *w;
+  CHECK_OK(cumem_alloc(cm, &w, n, 0, "w"));
+  unsigned char *model = malloc(n);
+  CHECK(model);
+  for (size_t i = 0; i < n; i++) model[i] = pattern_byte(i, 51);
+  CHECK_OK(cumem_copy_to_device(cm, w, model, n));
+  for (int round = 0; round < 2; round++) { /* on the host: recorded, then skipped */
+    CHECK_OK(cumem_sleep(cm, NULL, ALL_OFFLOADED));
+    CHECK(skipped_now(cm, "w") == (round ? n : 0));
+    CHECK_OK(cumem_wake(cm, NULL));
+  }
+  cumem_tag_options_t t;
+  CHECK_OK(cumem_tag_get_options(cm, "w", &t));
+  t.backup = CUMEM_BACKUP_DISK;
+  CHECK_OK(cumem_tag_set_options(cm, "w", &t));
+  CHECK_OK(cumem_sleep(cm, NULL, ALL_OFFLOADED)); /* unchanged, but to disk: written whole */
+  cumem_stats_t s;
+  CHECK_OK(cumem_stats(cm, "w", &s));
+  CHECK(s.bytes_on_disk == n && s.bytes_skipped == 0);
+  CHECK_OK(cumem_wake(cm, NULL));
+  CHECK(device_equals(cm, w, model, n));
+  model[n - 1] ^= 1;
+  CHECK_OK(cumem_copy_to_device(cm, (char *)w + n - 1, model + n - 1, 1));
+  t.backup = CUMEM_BACKUP_HOST;
+  CHECK_OK(cumem_tag_set_options(cm, "w", &t));
+  for (int round = 0; round < 2; round++) { /* back on the host: all copied, then skipped */
+    CHECK_OK(cumem_sleep(cm, NULL, ALL_OFFLOADED));
+    CHECK(skipped_now(cm, "w") == (round ? n : 0));
+    CHECK_OK(cumem_wake(cm, NULL));
+    CHECK(device_equals(cm, w, model, n));
+  }
+  free(model);
+  CHECK_OK(cumem_close(cm));
+  CHECK(rmdir(dir) == 0);
+}
+
 /* ---- failures: nothing lost ---- */
 
 typedef struct world {
@@ -546,6 +598,7 @@ RUN_TESTS("skip",
           T(model_checked_with_retention_off),
           T(backup_view_stops_skipping_until_the_backup_is_given_back),
           T(option_environment_and_tags),
+          T(disk_tags_copy_everything_and_leave_no_trusted_host_backup),
           T(every_failure_during_a_skipping_sleep),
           T(persistent_failures_during_a_skipping_sleep),
           T(fingerprinting_failures),

@@ -1,10 +1,12 @@
 /*
  * cumem._C — the CPython binding of the cumem core (include/cumem.h).
  *
- * This extension is compiled together with the core sources (src/), so the
- * same shared object also exports the PyTorch entry points cumem_torch_malloc
- * and cumem_torch_free: CUDAPluggableAllocator(_C.__file__, ...) loads them
- * from here and they share this module's process-wide default instance.
+ * The core is not compiled in: this extension links libcumem.so.0, found
+ * beside it through an $ORIGIN rpath, the one copy of the core in the process
+ * that cumem.cumem_allocator and the LD_PRELOAD interposer link too. That
+ * library also exports the PyTorch entry points cumem_torch_malloc and
+ * cumem_torch_free: CUDAPluggableAllocator(_C.LIBRARY, ...) loads them from
+ * there, and they share this module's process-wide default instance.
  *
  * What is here: error translation (CumemError), tag lists, the Instance type
  * (one cumem_t), and a few module functions (current tag, last error). All
@@ -21,6 +23,7 @@
 #include "cumem_backend.h"
 #include "cumem_testing.h" /* Instance(fault=True), for tests */
 
+#include <dlfcn.h>
 #include <limits.h>
 #include <stdint.h>
 #include <string.h>
@@ -181,6 +184,7 @@ static PyObject *stats_dict(const cumem_stats_t *s) {
   SET_ITEM(d, "bytes_backed_up", PyLong_FromSize_t(s->bytes_backed_up));
   SET_ITEM(d, "bytes_host_held", PyLong_FromSize_t(s->bytes_host_held));
   SET_ITEM(d, "bytes_skipped", PyLong_FromSize_t(s->bytes_skipped));
+  SET_ITEM(d, "bytes_on_disk", PyLong_FromSize_t(s->bytes_on_disk));
   return d;
 }
 
@@ -194,6 +198,7 @@ static PyObject *info_dict(const cumem_alloc_info_t *i) {
   SET_ITEM(d, "asleep", PyBool_FromLong(i->asleep));
   SET_ITEM(d, "backed_up", PyBool_FromLong(i->backed_up));
   SET_ITEM(d, "tag", PyUnicode_FromString(i->tag));
+  SET_ITEM(d, "on_disk", PyBool_FromLong(i->on_disk));
   return d;
 }
 
@@ -246,28 +251,44 @@ static int instance_ok(InstanceObject *self) {
     if (!instance_ok(self)) return NULL; \
   } while (0)
 
+/* A path argument: None (or "") = no path (*out NULL), else str, bytes or
+ * os.PathLike, converted with the filesystem encoding into *holder (a
+ * bytes object the caller releases). */
+static int path_arg(PyObject *obj, PyObject **holder, const char **out) {
+  *holder = NULL;
+  *out = NULL;
+  if (obj == Py_None) return 0;
+  if (!PyUnicode_FSConverter(obj, holder)) return -1;
+  const char *p = PyBytes_AS_STRING(*holder);
+  *out = *p ? p : NULL;
+  return 0;
+}
+
 /* Instance(backend=None, *, chunk_size=None, zero_on_wake=None,
  *          retain_backup=None, copy_chunk=None, host_threads=None,
- *          verbose=None, fault=False, skip_unchanged=None)
+ *          verbose=None, fault=False, disk_dir=None, skip_unchanged=None)
  * Opens a private instance. Options left None keep cumem_options_init's
  * value (the defaults, then the CUMEM_* environment). fault=True wraps the
- * backend in the fault-injecting one (for tests; see fault_arm). */
+ * backend in the fault-injecting one (for tests; see fault_arm). disk_dir
+ * (a path) is where tags with backup="disk" sleep; None keeps
+ * CUMEM_DISK_DIR. */
 static int Instance_init(InstanceObject *self, PyObject *args, PyObject *kw) {
   static char *kwlist[] = {"backend",      "chunk_size", "zero_on_wake",
                            "retain_backup", "copy_chunk", "host_threads",
-                           "verbose",      "fault",      "skip_unchanged",
-                           NULL};
+                           "verbose",      "fault",      "disk_dir",
+                           "skip_unchanged", NULL};
   PyObject *backend = Py_None, *chunk = Py_None, *zero = Py_None,
            *retain = Py_None, *copy = Py_None, *threads = Py_None,
-           *verbose = Py_None, *skip = Py_None;
+           *verbose = Py_None, *disk_dir = Py_None, *disk_dir_bytes = NULL,
+           *skip = Py_None;
   int fault = 0;
   if (self->cm) {
     PyErr_SetString(PyExc_RuntimeError, "Instance is already open");
     return -1;
   }
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O$OOOOOOpO", kwlist, &backend,
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O$OOOOOOpOO", kwlist, &backend,
                                    &chunk, &zero, &retain, &copy, &threads,
-                                   &verbose, &fault, &skip))
+                                   &verbose, &fault, &disk_dir, &skip))
     return -1;
 
   cumem_options_t opts;
@@ -303,6 +324,9 @@ static int Instance_init(InstanceObject *self, PyObject *args, PyObject *kw) {
   OPT_INT(skip, skip_unchanged)
 #undef OPT_SIZE
 #undef OPT_INT
+  if (disk_dir != Py_None) {
+    if (path_arg(disk_dir, &disk_dir_bytes, &opts.disk_dir) < 0) return -1;
+  }
 
   int rc;
   cumem_t *cm = NULL;
@@ -315,6 +339,7 @@ static int Instance_init(InstanceObject *self, PyObject *args, PyObject *kw) {
     if (rc != CUMEM_OK && inner) inner->destroy(inner);
     if (rc == CUMEM_OK) rc = cumem_open_backend(&cm, &opts, outer);
     Py_END_ALLOW_THREADS
+    Py_CLEAR(disk_dir_bytes); /* the instance keeps its own copy */
     if (rc != CUMEM_OK) {
       raise_cumem(rc, "cumem_open_backend");
       return -1;
@@ -324,6 +349,7 @@ static int Instance_init(InstanceObject *self, PyObject *args, PyObject *kw) {
     Py_BEGIN_ALLOW_THREADS
     rc = cumem_open(&cm, &opts);
     Py_END_ALLOW_THREADS
+    Py_CLEAR(disk_dir_bytes);
     if (rc != CUMEM_OK) {
       raise_cumem(rc, "cumem_open");
       return -1;
@@ -442,6 +468,33 @@ static PyObject *Instance_sleep(InstanceObject *self, PyObject *args,
   taglist_clear(&off);
   if (rc != CUMEM_OK) return raise_cumem(rc, "cumem_sleep");
   Py_RETURN_NONE;
+}
+
+/* set_disk_dir(path): where tags with backup="disk" sleep from now on; None
+ * or "" = nowhere. Checked first (CumemError EINVAL saying why). */
+static PyObject *Instance_set_disk_dir(InstanceObject *self, PyObject *arg) {
+  PyObject *holder;
+  const char *path;
+  CHECK_OPEN(self);
+  if (path_arg(arg, &holder, &path) < 0) return NULL;
+  int rc;
+  Py_BEGIN_ALLOW_THREADS
+  rc = cumem_set_disk_dir(self->cm, path);
+  Py_END_ALLOW_THREADS
+  Py_XDECREF(holder);
+  if (rc != CUMEM_OK) return raise_cumem(rc, "cumem_set_disk_dir");
+  Py_RETURN_NONE;
+}
+
+/* The disk_dir (an absolute path) or None. */
+static PyObject *Instance_get_disk_dir(InstanceObject *self, void *closure) {
+  (void)closure;
+  CHECK_OPEN(self);
+  char buf[4097];
+  int rc = cumem_get_disk_dir(self->cm, buf, sizeof buf);
+  if (rc != CUMEM_OK) return raise_cumem(rc, "cumem_get_disk_dir");
+  if (!buf[0]) Py_RETURN_NONE;
+  return PyUnicode_DecodeFSDefault(buf);
 }
 
 /* One tag-list argument, GIL released: wake, prepare_backup, release_backup. */
@@ -738,23 +791,33 @@ static PyObject *Instance_backup_view(InstanceObject *self, PyObject *arg) {
   return PyMemoryView_FromMemory(host, (Py_ssize_t)len, PyBUF_WRITE);
 }
 
-/* fault_arm(n, op=None, code=CUMEM_EDRIVER, persistent=False): fail the nth
- * backend call (of operation `op`, e.g. "create"); n = 0 turns faults off.
- * Only for an Instance opened with fault=True. */
+/* fault_arm(n, op=None, code=None, persistent=False): fail the nth backend
+ * call (of operation `op`, e.g. "create") with `code` (None: CUMEM_EDRIVER);
+ * n = 0 turns faults off. Only for an Instance opened with fault=True. */
 static PyObject *Instance_fault_arm(InstanceObject *self, PyObject *args,
                                     PyObject *kw) {
   static char *kwlist[] = {"n", "op", "code", "persistent", NULL};
   long n;
   const char *op = NULL;
+  PyObject *code_obj = Py_None;
   int code = CUMEM_EDRIVER, persistent = 0;
   CHECK_OPEN(self);
   if (!self->fault) {
     PyErr_SetString(PyExc_ValueError, "open the Instance with fault=True");
     return NULL;
   }
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "l|O&ip", kwlist, &n,
-                                   conv_opt_str, &op, &code, &persistent))
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "l|O&Op", kwlist, &n,
+                                   conv_opt_str, &op, &code_obj, &persistent))
     return NULL;
+  if (code_obj != Py_None) {
+    long v = PyLong_AsLong(code_obj);
+    if (v == -1 && PyErr_Occurred()) return NULL;
+    if (v < INT_MIN || v > INT_MAX) {
+      PyErr_SetString(PyExc_OverflowError, "code is out of range");
+      return NULL;
+    }
+    code = (int)v;
+  }
   cumem_fault_arm(self->fault, n, op, code, persistent);
   Py_RETURN_NONE;
 }
@@ -793,74 +856,124 @@ static PyObject *Instance_exit(InstanceObject *self, PyObject *args) {
   return Instance_close(self, NULL);
 }
 
+/* Each doc string starts with its signature ("name($self, ...)\n--\n\n"),
+ * which gives help() and inspect.signature() the real parameters;
+ * python/cumem/_C.pyi repeats them for type checkers (a test compares). */
+#define VARKW(fn) (PyCFunction)(void (*)(void))(fn), METH_VARARGS | METH_KEYWORDS
 static PyMethodDef Instance_methods[] = {
-    {"alloc", (PyCFunction)(void (*)(void))Instance_alloc,
-     METH_VARARGS | METH_KEYWORDS,
-     "alloc(size, device=0, tag=None, peer_mask=0) -> int address"},
-    {"free", (PyCFunction)(void (*)(void))Instance_free,
-     METH_VARARGS | METH_KEYWORDS,
-     "free(ptr, stream=None): stream None waits for the device, an int "
-     "CUstream waits for that stream only"},
+    {"alloc", VARKW(Instance_alloc),
+     "alloc($self, /, size, device=0, tag=None, peer_mask=0)\n--\n\n"
+     "Allocate size bytes on device under tag (None: this thread's current "
+     "tag), mapped and readable/writable by the devices in peer_mask too. "
+     "Returns the address as an int."},
+    {"free", VARKW(Instance_free),
+     "free($self, /, ptr, stream=None)\n--\n\n"
+     "Free the allocation at ptr, asleep or awake. Waits for the device, or "
+     "only for stream (an int CUstream) when given."},
     {"query", (PyCFunction)Instance_query, METH_O,
-     "query(ptr) -> dict describing the allocation that contains ptr"},
-    {"sleep", (PyCFunction)(void (*)(void))Instance_sleep,
-     METH_VARARGS | METH_KEYWORDS,
-     "sleep(tags=None, offload_tags=None): tags None = all, offload_tags "
-     "None = none"},
-    {"wake", (PyCFunction)(void (*)(void))Instance_wake,
-     METH_VARARGS | METH_KEYWORDS, "wake(tags=None): tags None = all"},
-    {"prepare_backup", (PyCFunction)(void (*)(void))Instance_prepare_backup,
-     METH_VARARGS | METH_KEYWORDS,
-     "prepare_backup(tags=None): pin host backup memory ahead of the sleep"},
-    {"release_backup", (PyCFunction)(void (*)(void))Instance_release_backup,
-     METH_VARARGS | METH_KEYWORDS,
-     "release_backup(tags=None): give back retained backups of awake "
-     "allocations"},
+     "query($self, ptr, /)\n--\n\n"
+     "Describe the allocation containing ptr: a dict of ptr, size, "
+     "requested, device, asleep, backed_up, tag, on_disk."},
+    {"sleep", VARKW(Instance_sleep),
+     "sleep($self, /, tags=None, offload_tags=None)\n--\n\n"
+     "Release the physical memory of every allocation of tags (None: all), "
+     "after copying those of offload_tags (None: none) to host memory (to "
+     "disk for tags with backup=\"disk\"). A failed sleep keeps what is "
+     "asleep asleep, with its backup; a retry completes it. A disk that "
+     "cannot take the disk backups (ENOSPC, EIO) changes nothing."},
+    {"wake", VARKW(Instance_wake),
+     "wake($self, /, tags=None)\n--\n\n"
+     "Map memory again for the sleeping allocations of tags (None: all) and "
+     "restore their backups. On failure nothing is lost: a later wake "
+     "restores everything."},
+    {"prepare_backup", VARKW(Instance_prepare_backup),
+     "prepare_backup($self, /, tags=None)\n--\n\n"
+     "Pin host backup memory for these tags now, so that the first sleep "
+     "only copies."},
+    {"release_backup", VARKW(Instance_release_backup),
+     "release_backup($self, /, tags=None)\n--\n\n"
+     "Give back the retained host backups of awake allocations."},
     {"unmap_release", (PyCFunction)Instance_unmap_release, METH_O,
-     "unmap_release(ptr): release one allocation's physical memory, no "
-     "backup"},
+     "unmap_release($self, ptr, /)\n--\n\n"
+     "Release one allocation's physical memory, without a backup (the seed "
+     "ABI's python_unmap_and_release)."},
     {"create_map", (PyCFunction)Instance_create_map, METH_O,
-     "create_map(ptr): back one released allocation again"},
+     "create_map($self, ptr, /)\n--\n\n"
+     "Back one released allocation with physical memory again."},
     {"copy_to_device", (PyCFunction)Instance_copy_to_device, METH_VARARGS,
-     "copy_to_device(dst, data): copy a bytes-like object to dst"},
+     "copy_to_device($self, dst, data, /)\n--\n\n"
+     "Copy a bytes-like object to the device address dst."},
     {"copy_to_host", (PyCFunction)Instance_copy_to_host, METH_VARARGS,
-     "copy_to_host(src, n) -> bytes"},
+     "copy_to_host($self, src, n, /)\n--\n\n"
+     "Copy n bytes from the device address src; returns bytes."},
     {"memset", (PyCFunction)Instance_memset, METH_VARARGS,
-     "memset(dst, value, n)"},
-    {"set_tag_options", (PyCFunction)(void (*)(void))Instance_set_tag_options,
-     METH_VARARGS | METH_KEYWORDS,
-     "set_tag_options(tag, *, backup=None, skip_unchanged=None, "
-     "prepare_ahead=None): per-tag choices (None keeps the current value)"},
+     "memset($self, dst, value, n, /)\n--\n\n"
+     "Set n bytes at the device address dst to value."},
+    {"set_tag_options", VARKW(Instance_set_tag_options),
+     "set_tag_options($self, /, tag, *, backup=None, skip_unchanged=None, "
+     "prepare_ahead=None)\n--\n\n"
+     "Per-tag choices; a keyword left None keeps the tag's current value. "
+     "backup is \"host\" or \"disk\"; the others True, False, or -1 to "
+     "follow the instance's option."},
     {"tag_options", (PyCFunction)Instance_tag_options, METH_O,
-     "tag_options(tag) -> dict of the tag's choices"},
-    {"stats", (PyCFunction)(void (*)(void))Instance_stats,
-     METH_VARARGS | METH_KEYWORDS, "stats(tag=None) -> dict"},
+     "tag_options($self, tag, /)\n--\n\n"
+     "The tag's choices: a dict of backup, skip_unchanged, prepare_ahead."},
+    {"set_disk_dir", (PyCFunction)Instance_set_disk_dir, METH_O,
+     "set_disk_dir($self, path, /)\n--\n\n"
+     "Where tags with backup=\"disk\" sleep from now on: a directory that "
+     "exists and takes new files (str or path-like); None = nowhere. "
+     "Backups already on disk stay where they are."},
+    {"stats", VARKW(Instance_stats),
+     "stats($self, /, tag=None)\n--\n\n"
+     "Figures for one tag, or all tags together: allocations, "
+     "bytes_allocated, bytes_mapped, bytes_asleep, bytes_backed_up (host or "
+     "disk), bytes_host_held, bytes_on_disk."},
     {"tags", (PyCFunction)Instance_tags, METH_NOARGS,
-     "tags() -> list of the tags used so far"},
+     "tags($self, /)\n--\n\n"
+     "Every tag used so far, as a list."},
     {"backend_counters", (PyCFunction)Instance_backend_counters, METH_NOARGS,
-     "backend_counters() -> dict of live backend objects (leak checks)"},
+     "backend_counters($self, /)\n--\n\n"
+     "Live backend objects (reservations, handles, mappings, "
+     "host_registrations, streams, events), for leak checks."},
     {"device_count", (PyCFunction)Instance_device_count, METH_NOARGS,
-     "device_count() -> int"},
-    {"device_info", (PyCFunction)(void (*)(void))Instance_device_info,
-     METH_VARARGS | METH_KEYWORDS, "device_info(device=0) -> dict"},
+     "device_count($self, /)\n--\n\n"
+     "The number of devices the backend sees."},
+    {"device_info", VARKW(Instance_device_info),
+     "device_info($self, /, device=0)\n--\n\n"
+     "One device: name, total_bytes, free_bytes, granularity, rdma, fabric, "
+     "posix_fd."},
     {"backup_view", (PyCFunction)Instance_backup_view, METH_O,
-     "backup_view(ptr) -> memoryview of the host backup, or None"},
-    {"fault_arm", (PyCFunction)(void (*)(void))Instance_fault_arm,
-     METH_VARARGS | METH_KEYWORDS,
-     "fault_arm(n, op=None, code=EDRIVER, persistent=False) (fault=True "
-     "instances only)"},
+     "backup_view($self, ptr, /)\n--\n\n"
+     "A writable memoryview of the host backup from ptr to the end of its "
+     "allocation, or None when no backup holds its content. Valid until the "
+     "backup is given back: copy it to keep it."},
+    {"fault_arm", VARKW(Instance_fault_arm),
+     "fault_arm($self, /, n, op=None, code=None, persistent=False)\n--\n\n"
+     "Fail the nth backend call (of operation op, e.g. \"create\") with "
+     "code (None: EDRIVER), every later one too if persistent; n = 0 turns "
+     "faults off. Instances opened with fault=True only."},
     {"fault_injected", (PyCFunction)Instance_fault_injected, METH_NOARGS,
-     "fault_injected() -> failures injected since the last arm"},
+     "fault_injected($self, /)\n--\n\n"
+     "How many failures were injected since the last fault_arm."},
     {"close", (PyCFunction)Instance_close, METH_NOARGS,
-     "close(): free every allocation and backup, then the instance"},
-    {"__enter__", Instance_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)Instance_exit, METH_VARARGS, NULL},
+     "close($self, /)\n--\n\n"
+     "Free every allocation and backup, then the instance. The default "
+     "instance cannot be closed."},
+    {"__enter__", Instance_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\n"
+     "Return the instance itself."},
+    {"__exit__", (PyCFunction)Instance_exit, METH_VARARGS,
+     "__exit__($self, exc_type, exc, tb, /)\n--\n\n"
+     "Close the instance (not the default one)."},
     {NULL, NULL, 0, NULL}};
+#undef VARKW
 
 static PyGetSetDef Instance_getset[] = {
     {"backend", (getter)Instance_get_backend, NULL,
      "the backend's name: \"cuda\" or \"host\"", NULL},
     {"closed", (getter)Instance_get_closed, NULL, "True after close()", NULL},
+    {"disk_dir", (getter)Instance_get_disk_dir, NULL,
+     "where tags with backup=\"disk\" sleep (absolute path), or None", NULL},
     {NULL, NULL, NULL, NULL, NULL}};
 
 static PyTypeObject InstanceType = {
@@ -871,9 +984,16 @@ static PyTypeObject InstanceType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Instance(backend=None, *, chunk_size=None, zero_on_wake=None, "
               "retain_backup=None, copy_chunk=None, host_threads=None, "
-              "verbose=None, fault=False, skip_unchanged=None)\n\n"
-              "One cumem instance (cumem_open). Use cumem.default() for the "
-              "process-wide instance that PyTorch allocations go to.",
+              "verbose=None, fault=False, disk_dir=None, skip_unchanged=None)\n--\n\n"
+              "One cumem instance (cumem_open), with its own allocations, "
+              "tags and backups. Options left None keep their default (then "
+              "the CUMEM_* environment); fault=True wraps the backend in the "
+              "fault-injecting one, for tests (see fault_arm); disk_dir (a "
+              "path) is where tags with backup=\"disk\" sleep; skip_unchanged=True "
+              "makes sleeps copy only the copy chunks that changed since the "
+              "retained backup was written. Use "
+              "cumem.default() for the process-wide instance that PyTorch "
+              "allocations go to.",
     .tp_methods = Instance_methods,
     .tp_getset = Instance_getset,
     .tp_init = (initproc)Instance_init,
@@ -956,18 +1076,28 @@ static PyObject *mod_err_name(PyObject *mod, PyObject *arg) {
 
 static PyMethodDef module_methods[] = {
     {"default", mod_default, METH_NOARGS,
-     "default() -> the process-wide Instance (the one PyTorch allocations "
-     "use)"},
+     "default($module, /)\n--\n\n"
+     "The process-wide Instance, opened on first use with the CUMEM_* "
+     "environment: the one PyTorch allocations and cumem.cumem_allocator "
+     "use."},
     {"set_current_tag", mod_set_current_tag, METH_VARARGS,
-     "set_current_tag(tag=None): this thread's tag for new allocations; None "
-     "= \"default\""},
+     "set_current_tag($module, tag=None, /)\n--\n\n"
+     "Set this thread's tag for new allocations that name none; None "
+     "restores \"default\"."},
     {"current_tag", mod_current_tag, METH_NOARGS,
-     "current_tag() -> this thread's current tag"},
+     "current_tag($module, /)\n--\n\n"
+     "This thread's current tag."},
     {"last_error", mod_last_error, METH_NOARGS,
-     "last_error() -> detail of this thread's last failed cumem call"},
+     "last_error($module, /)\n--\n\n"
+     "The detail of this thread's last failed cumem call (driver call, "
+     "result name, source line), or \"\"."},
     {"strerror", mod_strerror, METH_O,
-     "strerror(code) -> \"CUMEM_ENOMEM: out of device memory\""},
-    {"err_name", mod_err_name, METH_O, "err_name(code) -> \"CUMEM_ENOMEM\""},
+     "strerror($module, code, /)\n--\n\n"
+     "Name and meaning of an error code: \"CUMEM_ENOMEM: out of device "
+     "memory\"."},
+    {"err_name", mod_err_name, METH_O,
+     "err_name($module, code, /)\n--\n\n"
+     "The name of an error code alone: \"CUMEM_ENOMEM\"."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module_def = {
@@ -1002,7 +1132,16 @@ PyMODINIT_FUNC PyInit__C(void) {
   if (PyModule_AddObject(m, "CumemOutOfMemoryError", CumemOOMError) < 0)
     goto fail;
 
-  if (PyModule_AddStringConstant(m, "VERSION", cumem_version()) < 0 ||
+  /* LIBRARY: the file the core was loaded from (libcumem.so.0), as the
+   * dynamic loader resolved it; PyTorch loads the entry points from it. */
+  Dl_info core;
+  if (!dladdr((void *)cumem_version, &core) || !core.dli_fname) {
+    PyErr_SetString(PyExc_ImportError,
+                    "cumem._C: cannot tell which file holds the cumem core");
+    goto fail;
+  }
+  if (PyModule_AddStringConstant(m, "LIBRARY", core.dli_fname) < 0 ||
+      PyModule_AddStringConstant(m, "VERSION", cumem_version()) < 0 ||
       PyModule_AddIntConstant(m, "TAG_MAX", CUMEM_TAG_MAX) < 0 ||
       PyModule_AddIntConstant(m, "OK", CUMEM_OK) < 0)
     goto fail;

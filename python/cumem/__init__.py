@@ -27,7 +27,12 @@ CUMEM_E* value); out of device memory is CumemOutOfMemoryError, a subclass.
 Options come from CUMEM_* environment variables read when the process-wide
 instance opens (first use): CUMEM_RETAIN_BACKUP, CUMEM_CHUNK_SIZE_MB,
 CUMEM_ZERO_ON_WAKE, CUMEM_COPY_CHUNK_MB, CUMEM_HOST_THREADS, CUMEM_BACKEND,
-CUMEM_VERBOSE.
+CUMEM_VERBOSE, CUMEM_DISK_DIR.
+
+Disk backups. A tag can keep its offloaded content in files instead of host
+memory: default().set_tag_options(tag, backup="disk") and a directory
+(CUMEM_DISK_DIR, or cumem.set_disk_dir(path)); stats()["bytes_on_disk"]
+says how much is there while asleep.
 """
 
 import contextlib
@@ -51,7 +56,7 @@ __all__ = [
     "CuMemAllocator", "TorchMemorySaver", "torch_memory_saver", "install_vllm_shim",
     # the native API
     "pool", "sleep", "wake", "stats", "stats_by_tag", "tags", "prepare_backup",
-    "release_backup", "empty_cache", "using_tag", "set_current_tag", "current_tag",
+    "release_backup", "set_disk_dir", "empty_cache", "using_tag", "set_current_tag", "current_tag",
     "alloc", "free", "query", "copy_to_device", "copy_to_host", "memset",
     "default", "backend", "Instance", "CumemError", "CumemOutOfMemoryError",
     "last_error", "strerror",
@@ -85,19 +90,22 @@ def free(ptr, stream=None):
 
 def query(ptr):
     """Describe the allocation containing ptr: ptr, size, requested, device,
-    asleep, backed_up, tag."""
+    asleep, backed_up, tag, on_disk."""
     return _C.default().query(ptr)
 
 
 def copy_to_device(dst, data):
+    """Copy a bytes-like object to the cumem address `dst` (synchronous)."""
     _C.default().copy_to_device(dst, data)
 
 
 def copy_to_host(src, n):
+    """Copy `n` bytes from the cumem address `src`; returns bytes."""
     return _C.default().copy_to_host(src, n)
 
 
 def memset(dst, value, n):
+    """Set `n` bytes at the cumem address `dst` to `value` (synchronous)."""
     _C.default().memset(dst, value, n)
 
 
@@ -183,10 +191,17 @@ def release_backup(tags=None):
     _C.default().release_backup(tags)
 
 
+def set_disk_dir(path):
+    """Where tags with backup="disk" sleep from now on (a directory that
+    exists and takes new files; None = nowhere). The default comes from
+    CUMEM_DISK_DIR."""
+    _C.default().set_disk_dir(path)
+
+
 def stats(tag=None):
     """Figures for one tag, or all tags together: allocations,
-    bytes_allocated, bytes_mapped, bytes_asleep, bytes_backed_up,
-    bytes_host_held."""
+    bytes_allocated, bytes_mapped, bytes_asleep, bytes_backed_up (host or
+    disk), bytes_host_held, bytes_on_disk."""
     return _C.default().stats(tag)
 
 

@@ -6,38 +6,80 @@ SGLang / verl / slime user changes one import:
 
     from cumem import torch_memory_saver
 
-Tags. torch_memory_saver chooses backup per region (enable_cpu_backup), cumem
-chooses it per tag at sleep time. Each (tag, enable_cpu_backup) pair is
-therefore its own cumem tag: "tms:<tag>" for regions without backup and
-"tms+cpu:<tag>" for regions with one, and pause(tag) sleeps both, offloading
-the second. The prefixes also keep these allocations apart from
-CuMemAllocator's and the native API's, so pause(None) pauses only memory made
-through this object. cumem.stats("tms+cpu:default") shows their figures.
+Tags. torch_memory_saver chooses backup per region (enable_cpu_backup,
+enable_disk_backup), cumem chooses it per tag at sleep time. Each (tag,
+backup) pair is therefore its own cumem tag: "tms:<tag>" for regions without
+backup, "tms+cpu:<tag>" for regions with a CPU backup and "tms+disk:<tag>"
+(a tag whose backup option is "disk") for regions with a disk backup;
+pause(tag) sleeps all three, offloading the last two. The prefixes also keep
+these allocations apart from CuMemAllocator's and the native API's, so
+pause(None) pauses only memory made through this object.
+cumem.stats("tms+cpu:default") shows their figures.
+
+Disk backups go to files under one directory per process:
+set_disk_backup_dir(path), or CUMEM_DISK_DIR (TMS_DISK_BACKUP_DIR is taken
+when neither is set). Unlike torch_memory_saver, cumem does not fall back to
+/tmp: a pause with nowhere to write raises. The files have no name, are
+removed on resume, and a full disk makes pause raise (CumemError, code
+ENOSPC) with every tensor of the call still on the GPU and intact.
+
+cpu_backup_backend. torch_memory_saver's "pinned" backup is cudaMallocHost
+memory (fast copies; freeing it often does not lower RSS, tms#90) and its
+"mmap" backup an anonymous mapping (munmap lowers RSS; copies are pageable
+and slower). cumem has one kind that gives both: an anonymous mapping,
+page-locked with cuMemHostRegister while held (full-speed copies) and
+given back with munmap (RSS drops). So both values are accepted (and
+checked as torch_memory_saver checks them) and behave the same; the one
+difference from torch_memory_saver's "mmap" is that the backup is
+page-locked, not pageable, while it is held.
 
 Errors raise (cumem.CumemError, a RuntimeError); nothing calls exit(). A
 resume that fails (out of memory) keeps every backup: resume again later.
 """
 
 import contextlib
+import os
 import threading
 
 from . import _C, _torch
 
 _PLAIN = "tms:"
 _BACKUP = "tms+cpu:"
+_DISK = "tms+disk:"
+_PREFIXES = (_PLAIN, _BACKUP, _DISK)
+_OFFLOADED = (_BACKUP, _DISK)
 _TAG_DEFAULT = "default"
+_CPU_BACKUP_BACKENDS = ("pinned", "mmap")
 
 
-def _internal_tag(tag, enable_cpu_backup):
+def _internal_tag(tag, enable_cpu_backup, enable_disk_backup=False):
     if not isinstance(tag, str) or not tag:
         raise ValueError(f"tag must be a non-empty str, got {tag!r}")
-    name = (_BACKUP if enable_cpu_backup else _PLAIN) + tag
+    if enable_cpu_backup and enable_disk_backup:
+        raise ValueError("enable_cpu_backup and enable_disk_backup are mutually exclusive")
+    prefix = _DISK if enable_disk_backup else _BACKUP if enable_cpu_backup else _PLAIN
+    name = prefix + tag
     if len(name.encode()) > _C.TAG_MAX:
-        raise ValueError(f"tag {tag!r} is too long (at most {_C.TAG_MAX - len(_BACKUP)} bytes)")
+        raise ValueError(f"tag {tag!r} is too long (at most {_C.TAG_MAX - len(prefix)} bytes)")
     return name
 
 
+def _check_cpu_backup_backend(enable_cpu_backup, cpu_backup_backend):
+    # As torch_memory_saver checks it; both values then behave the same (see
+    # the module's docstring).
+    if cpu_backup_backend is None:
+        return
+    if cpu_backup_backend not in _CPU_BACKUP_BACKENDS:
+        raise ValueError(f"cpu_backup_backend must be 'pinned' or 'mmap', got {cpu_backup_backend!r}")
+    if not enable_cpu_backup:
+        raise ValueError("cpu_backup_backend requires enable_cpu_backup=True")
+
+
 class TorchMemorySaver:
+    """torch_memory_saver's object: region() makes tensors pausable under a
+    tag, pause() releases their GPU memory, resume() maps it again at the same
+    addresses. Use the module's `torch_memory_saver` instance."""
+
     def __init__(self):
         # One MemPool per (cumem tag, device), reused by every region of that
         # tag, as torch_memory_saver does: a pool never mixes tags (tms#85).
@@ -50,15 +92,33 @@ class TorchMemorySaver:
 
     @contextlib.contextmanager
     def region(self, tag=_TAG_DEFAULT, enable_cpu_backup=False, enable_disk_backup=False, cpu_backup_backend=None):
-        """Tensors created inside are pausable under `tag`; with
-        enable_cpu_backup their content survives pause/resume, otherwise it
-        is discarded. (cpu_backup_backend is accepted and ignored: cumem
-        always backs up to retained, page-locked mmap memory.)"""
+        """Tensors created inside are pausable under `tag`. Their content
+        survives pause/resume in host memory with enable_cpu_backup, in
+        files under the disk backup directory with enable_disk_backup (the
+        two exclude each other), and is discarded otherwise.
+        cpu_backup_backend ("pinned" or "mmap", only with enable_cpu_backup)
+        is checked and makes no difference: see the module's docstring."""
+        _check_cpu_backup_backend(enable_cpu_backup, cpu_backup_backend)
+        itag = _internal_tag(tag, enable_cpu_backup, enable_disk_backup)
         if enable_disk_backup:
-            raise NotImplementedError("cumem has no disk backup; use enable_cpu_backup=True")
-        itag = _internal_tag(tag, enable_cpu_backup)
+            self._use_disk(itag)
         with _torch.allocate_in(self._pool(itag), itag):
             yield
+
+    def _use_disk(self, itag):
+        # The tag's backup goes to disk; the directory, if none is set yet,
+        # from torch_memory_saver's variable.
+        inst = _C.default()
+        env_dir = os.environ.get("TMS_DISK_BACKUP_DIR")
+        if inst.disk_dir is None and env_dir:
+            self.set_disk_backup_dir(env_dir)
+        inst.set_tag_options(itag, backup="disk")
+
+    def set_disk_backup_dir(self, path):
+        """Write disk backups under `path` (created if missing) from now on.
+        Backups already on disk stay where they are until resumed."""
+        os.makedirs(path, exist_ok=True)
+        _C.default().set_disk_dir(path)
 
     def _pool(self, itag):
         import torch
@@ -88,6 +148,7 @@ class TorchMemorySaver:
         cumem once the graph is destroyed (at the next sweep)."""
         import torch
 
+        _check_cpu_backup_backend(enable_cpu_backup, cpu_backup_backend)
         itag = _internal_tag(tag, enable_cpu_backup)
         own_pool = _torch.new_pool() if pool is None else None
         try:
@@ -128,16 +189,19 @@ class TorchMemorySaver:
     def _tags(self, tag):
         known = _C.default().tags()
         if tag is None:
-            return [t for t in known if t.startswith(_PLAIN) or t.startswith(_BACKUP)]
-        return [t for t in (_PLAIN + tag, _BACKUP + tag) if t in known]
+            return [t for t in known if t.startswith(_PREFIXES)]
+        return [t for t in (p + tag for p in _PREFIXES) if t in known]
 
     def pause(self, tag=None):
         """Release the GPU memory of `tag`'s regions (None: all), backing up
-        those made with enable_cpu_backup. Waits for the device first."""
+        those made with enable_cpu_backup (to host memory) or
+        enable_disk_backup (to files). Waits for the device first. When the
+        disk cannot take the disk backups (CumemError: ENOSPC, EIO) nothing
+        is paused and every tensor stays intact on the GPU."""
         _torch.sweep()  # memory of destroyed graphs need not sleep
         tags = self._tags(tag)
         if tags:
-            _C.default().sleep(tags, [t for t in tags if t.startswith(_BACKUP)])
+            _C.default().sleep(tags, [t for t in tags if t.startswith(_OFFLOADED)])
 
     def resume(self, tag=None):
         """Map GPU memory again for `tag`'s regions (None: all) and restore
@@ -183,6 +247,9 @@ class TorchMemorySaver:
 
     @property
     def memory_margin_bytes(self):
+        """GPU memory that must stay free after a resume: a resume that would
+        leave less raises CumemOutOfMemoryError and maps nothing (0: no
+        check)."""
         return self._memory_margin_bytes
 
     @memory_margin_bytes.setter
@@ -193,9 +260,10 @@ class TorchMemorySaver:
 
     def get_cpu_backup(self, x, zero_copy=False):
         """The CPU backup of tensor x (same dtype, shape), or None when none
-        holds its content (never paused with enable_cpu_backup, or resumed
-        without retain_cpu_backup). zero_copy=True returns a view of the
-        backup itself, valid until the backup is given back."""
+        holds its content (never paused with enable_cpu_backup, backed up
+        on disk, or resumed without retain_cpu_backup). zero_copy=True
+        returns a view of the backup itself, valid until the backup is
+        given back."""
         import torch
 
         if not x.is_cuda:
@@ -216,10 +284,12 @@ class TorchMemorySaver:
 
     @property
     def enabled(self):
+        """Always True: cumem's saver is always available."""
         return True
 
     @property
     def hook_mode(self):
+        """How allocations are caught: "torch" (a CUDAPluggableAllocator)."""
         return "torch"
 
     @hook_mode.setter

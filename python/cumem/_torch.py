@@ -1,7 +1,8 @@
 """PyTorch glue shared by the three APIs: the pluggable allocator and pools.
 
 Allocations reach cumem through torch.cuda.MemPool(CUDAPluggableAllocator(
-_C.so, "cumem_torch_malloc", "cumem_torch_free")). The C entry points take no
+_C.LIBRARY, "cumem_torch_malloc", "cumem_torch_free")): the entry points are
+in libcumem.so.0, the one copy of the core in the process. The C entry points take no
 GIL; they read the tag from the calling thread's current tag, which
 `allocate_in` sets around the pool region (use_mem_pool is per thread too).
 """
@@ -30,7 +31,7 @@ def pluggable_allocator():
             import torch
 
             _allocator = torch.cuda.memory.CUDAPluggableAllocator(
-                _C.__file__, "cumem_torch_malloc", "cumem_torch_free"
+                _C.LIBRARY, "cumem_torch_malloc", "cumem_torch_free"
             )
         return _allocator
 
@@ -100,7 +101,8 @@ _retired = []
 
 
 def keep_forever(obj):
-    # One reference nobody owns: not even interpreter shutdown frees it.
+    """Keep `obj` alive for the whole process: one reference nobody owns,
+    which not even interpreter shutdown drops."""
     ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
 
 

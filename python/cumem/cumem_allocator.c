@@ -29,9 +29,15 @@
  *    PyTorch hands back, even when the free callback fails;
  *  - a free waits only for the block's stream, not the whole device.
  *
- * This module is compiled with its own copy of the core, so it has its own
- * instance (the default one of this shared object): the seed ABI is
- * self-contained, as vLLM's was.
+ * The core is not compiled in: this module links libcumem.so.0 (beside it,
+ * found through an $ORIGIN rpath), the one copy of the core in the process,
+ * and allocates in its process-wide default instance, the same one as
+ * cumem._C, PyTorch's entry points and the interposer, so cumem.stats()
+ * counts these allocations too. They are tagged "seed:<the thread's current
+ * tag>" ("seed:default" unless cumem.using_tag says otherwise), which keeps
+ * them apart from the other APIs' tags: CuMemAllocator.sleep() or
+ * torch_memory_saver.pause() never touch them, only a sleep that names their
+ * tag (or every tag) does.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -41,6 +47,7 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
 
@@ -53,7 +60,7 @@ EXPORT void my_free(void *ptr, ssize_t size, int device, void *stream);
 static PyObject *g_malloc_cb;
 static PyObject *g_free_cb;
 
-/* The instance: this shared object's cumem_default(), unless a test chose a
+/* The instance: the process-wide cumem_default(), unless a test chose a
  * backend with _use_backend(). */
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static cumem_t *g_cm;
@@ -65,6 +72,44 @@ static int seed_instance(cumem_t **out) {
   if (!g_cm) rc = cumem_default(&g_cm);
   *out = g_cm;
   pthread_mutex_unlock(&g_lock);
+  return rc;
+}
+
+/* Every tag of this module's allocations starts with this. */
+#define SEED_TAG_PREFIX "seed:"
+
+/* "seed:" + the calling thread's current tag, cut at CUMEM_TAG_MAX bytes. */
+static void seed_tag(char tag[CUMEM_TAG_MAX + 1]) {
+  snprintf(tag, CUMEM_TAG_MAX + 1, SEED_TAG_PREFIX "%s", cumem_current_tag());
+}
+
+/* How many live allocations of `cm` this module made (those under a
+ * "seed:" tag); other APIs' allocations in the shared instance are not its
+ * own. */
+static int seed_allocations(cumem_t *cm, size_t *count) {
+  size_t cap = 16, n = 0;
+  const char **names = NULL;
+  int rc;
+  *count = 0;
+  for (;;) {
+    const char **grown = realloc((void *)names, cap * sizeof *names);
+    if (!grown) {
+      free((void *)names);
+      return CUMEM_ENOHOST;
+    }
+    names = grown;
+    rc = cumem_tags(cm, names, cap, &n);
+    if (rc != CUMEM_OK || n <= cap) break;
+    cap = n; /* more tags than room: ask again with enough */
+  }
+  for (size_t i = 0; rc == CUMEM_OK && i < n; i++) {
+    cumem_stats_t s;
+    if (strncmp(names[i], SEED_TAG_PREFIX, strlen(SEED_TAG_PREFIX)) != 0)
+      continue;
+    rc = cumem_stats(cm, names[i], &s);
+    if (rc == CUMEM_OK) *count += s.allocations;
+  }
+  free((void *)names);
   return rc;
 }
 
@@ -96,7 +141,9 @@ EXPORT void *my_malloc(ssize_t size, int device, void *stream) {
   if (size <= 0 || seed_instance(&cm) != CUMEM_OK) return NULL;
 
   void *ptr = NULL;
-  if (cumem_alloc(cm, &ptr, (size_t)size, device, NULL) != CUMEM_OK)
+  char tag[CUMEM_TAG_MAX + 1];
+  seed_tag(tag);
+  if (cumem_alloc(cm, &ptr, (size_t)size, device, tag) != CUMEM_OK)
     return NULL; /* PyTorch raises its out-of-memory error */
   cumem_alloc_info_t info;
   if (cumem_query(cm, ptr, &info) != CUMEM_OK) {
@@ -226,13 +273,12 @@ static PyObject *py_use_backend(PyObject *self, PyObject *args) {
   pthread_mutex_lock(&g_lock);
   int rc = CUMEM_OK;
   if (g_cm) {
-    cumem_stats_t s;
-    rc = cumem_stats(g_cm, NULL, &s);
-    if (rc == CUMEM_OK && s.allocations) {
+    size_t live = 0;
+    rc = seed_allocations(g_cm, &live);
+    if (rc == CUMEM_OK && live) {
       pthread_mutex_unlock(&g_lock);
       PyErr_Format(PyExc_RuntimeError,
-                   "cumem_allocator: %zu allocations are still live",
-                   s.allocations);
+                   "cumem_allocator: %zu allocations are still live", live);
       return NULL;
     }
     if (g_owned) cumem_close(g_cm);
@@ -265,31 +311,49 @@ static PyObject *py_live_allocations(PyObject *self, PyObject *noargs) {
   (void)self;
   (void)noargs;
   cumem_t *cm;
-  cumem_stats_t s;
+  size_t live = 0;
   int rc = seed_instance(&cm);
-  if (rc == CUMEM_OK) rc = cumem_stats(cm, NULL, &s);
+  if (rc == CUMEM_OK) rc = seed_allocations(cm, &live);
   if (rc != CUMEM_OK) return raise_runtime(rc, "cumem_stats");
-  return PyLong_FromSize_t(s.allocations);
+  return PyLong_FromSize_t(live);
 }
 
+/* Signatures first in each doc string, for help() and inspect.signature();
+ * cumem_allocator.pyi repeats them (a test compares). */
 static PyMethodDef module_methods[] = {
     {"init_module", py_init_module, METH_VARARGS,
-     "Initialize module with python_malloc and python_free callables."},
+     "init_module($module, python_malloc, python_free, /)\n--\n\n"
+     "Set the callbacks: my_malloc calls python_malloc((device, size, d_mem, "
+     "handle)) after mapping the memory, my_free calls python_free(d_mem), "
+     "which returns that tuple. Both are held by strong references."},
     {"python_create_and_map", python_create_and_map, METH_VARARGS,
-     "Create and map memory on the device."},
+     "python_create_and_map($module, device, size, d_mem, handle, /)\n--\n\n"
+     "Back the allocation at d_mem with physical memory again (after "
+     "python_unmap_and_release). RuntimeError with the cause on failure."},
     {"python_unmap_and_release", python_unmap_and_release, METH_VARARGS,
-     "Unmap and release memory on the device."},
+     "python_unmap_and_release($module, device, size, d_mem, handle, /)\n--\n\n"
+     "Release the physical memory of the allocation at d_mem, keeping its "
+     "address; its content is lost. RuntimeError with the cause on failure."},
     {"_use_backend", py_use_backend, METH_VARARGS,
-     "Test hook: use a private instance on this backend (None = default)."},
+     "_use_backend($module, name, /)\n--\n\n"
+     "Test hook: allocate in a private instance on this backend (None: the "
+     "process-wide one again). Refused while this module's allocations "
+     "live."},
     {"_backend_name", py_backend_name, METH_NOARGS,
-     "Test hook: the backend in use."},
+     "_backend_name($module, /)\n--\n\n"
+     "Test hook: the backend of the instance in use."},
     {"_live_allocations", py_live_allocations, METH_NOARGS,
-     "Test hook: live allocations of this module's instance."},
+     "_live_allocations($module, /)\n--\n\n"
+     "Test hook: live allocations made through this module (its \"seed:\" "
+     "tags) in the instance in use."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "cumem_allocator",
-    "cumem-based allocator for CUDAPluggableAllocator (vLLM's interface)", -1,
+    "vLLM's extension interface (vllm.cumem_allocator) on the cumem core: "
+    "init_module, python_create_and_map, python_unmap_and_release, and the C "
+    "functions my_malloc / my_free for torch's CUDAPluggableAllocator.",
+    -1,
     module_methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit_cumem_allocator(void) {

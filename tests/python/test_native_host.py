@@ -150,6 +150,25 @@ def test_failed_wake_loses_nothing(faulty):
         assert read(faulty, p, MiB) == d
 
 
+def test_fault_instance_opens_on_the_automatic_backend():
+    """Instance(fault=True) without a backend wraps the one "auto" picks
+    (it used to fail with a bare CUMEM_EINVAL); a bad backend name raises
+    with the name in the detail."""
+    with cumem.Instance(fault=True) as inst:
+        assert inst.backend in ("cuda", "host")
+        p = inst.alloc(MiB)
+        inst.fault_arm(1, "unmap")
+        with pytest.raises(cumem.CumemError):
+            inst.sleep()
+        assert inst.fault_injected() == 1
+        inst.fault_arm(0)
+        inst.free(p)
+    with pytest.raises(cumem.CumemError) as e:
+        cumem.Instance(backend="no-such-backend", fault=True)
+    assert e.value.code == cumem._C.EINVAL
+    assert 'unknown backend "no-such-backend"' in str(e.value)
+
+
 def test_failed_sleep_is_completed_by_a_retry(faulty):
     ps = [faulty.alloc(MiB, tag="w") for _ in range(4)]
     content = {p: pattern(MiB, 10 + i) for i, p in enumerate(ps)}

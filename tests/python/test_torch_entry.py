@@ -1,4 +1,4 @@
-"""The PyTorch entry points exported by cumem._C, called as PyTorch's
+"""The PyTorch entry points exported by libcumem.so.0 (cumem._C.LIBRARY), called as PyTorch's
 CUDAPluggableAllocator calls them (through the C ABI), without PyTorch."""
 
 import ctypes
@@ -10,7 +10,7 @@ MiB = 1 << 20
 
 
 def entry_points():
-    lib = ctypes.CDLL(cumem._C.__file__)
+    lib = ctypes.CDLL(cumem._C.LIBRARY)
     malloc = lib.cumem_torch_malloc
     malloc.restype = ctypes.c_void_p
     malloc.argtypes = [ctypes.c_ssize_t, ctypes.c_int, ctypes.c_void_p]

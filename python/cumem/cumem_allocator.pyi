@@ -1,0 +1,19 @@
+"""Type stubs of cumem.cumem_allocator, the drop-in for vLLM's extension
+vllm.cumem_allocator. Its shared object also exports the C functions
+my_malloc / my_free for torch.cuda.memory.CUDAPluggableAllocator.
+tests/python/test_stubs.py checks these names against the module."""
+
+from typing import Any, Callable, Optional, Tuple
+
+# (device, aligned_size, d_mem, handle): what the malloc callback receives
+# and the free callback returns. (A stub-only alias.)
+_Handle = Tuple[int, int, int, Any]
+
+def init_module(python_malloc: Callable[[_Handle], object], python_free: Callable[[int], _Handle], /) -> None: ...
+def python_create_and_map(device: int, size: int, d_mem: int, handle: Any, /) -> None: ...
+def python_unmap_and_release(device: int, size: int, d_mem: int, handle: Any, /) -> None: ...
+
+# Test hooks (not in vLLM's interface).
+def _use_backend(name: Optional[str], /) -> None: ...
+def _backend_name() -> str: ...
+def _live_allocations() -> int: ...
