@@ -27,6 +27,13 @@ static void skip_options(cumem_options_t *o, size_t copy_chunk, int retain, int 
   o->host_threads = 2;
 }
 
+/* An instance that skips, with 1 MiB copy chunks and retained backups. */
+static int open_skipping(cumem_t **cm) {
+  cumem_options_t o;
+  skip_options(&o, MiB, 1, 0);
+  return test_open(cm, NULL, &o);
+}
+
 static int device_equals(cumem_t *cm, const void *dev, const unsigned char *want, size_t n) {
   unsigned char *got = malloc(n);
   int ok = got && cumem_copy_to_host(cm, got, dev, n) == 0 && memcmp(got, want, n) == 0;
@@ -41,20 +48,25 @@ static size_t skipped_now(cumem_t *cm, const char *tag) {
   return cumem_stats(cm, tag, &s) == 0 ? s.bytes_skipped : (size_t)-1;
 }
 
+/* An allocation of n bytes (a multiple of the granularity) under tag "w",
+ * filled with pattern `seed`; *model receives a host copy to free. */
+static int alloc_model(cumem_t *cm, void **w, size_t n, unsigned seed, unsigned char **model) {
+  *model = malloc(n);
+  if (!*model) return CUMEM_ENOHOST;
+  for (size_t i = 0; i < n; i++) (*model)[i] = pattern_byte(i, seed);
+  int rc = cumem_alloc(cm, w, n, 0, "w");
+  return rc ? rc : cumem_copy_to_device(cm, *w, *model, n);
+}
+
 /* ---- unchanged, and one byte at every position of every chunk ---- */
 
 TEST(unchanged_allocation_is_not_copied_and_stays_exact) {
   cumem_t *cm = NULL;
-  cumem_options_t o;
-  skip_options(&o, MiB, 1, 0);
-  CHECK_OK(test_open(&cm, NULL, &o));
-  size_t g = granularity_of(cm), n = 4 * g;
+  CHECK_OK(open_skipping(&cm));
+  size_t n = 4 * granularity_of(cm);
   void *w;
-  CHECK_OK(cumem_alloc(cm, &w, n, 0, "w"));
-  unsigned char *model = malloc(n);
-  CHECK(model);
-  for (size_t i = 0; i < n; i++) model[i] = pattern_byte(i, 21);
-  CHECK_OK(cumem_copy_to_device(cm, w, model, n));
+  unsigned char *model;
+  CHECK_OK(alloc_model(cm, &w, n, 21, &model));
 
   CHECK_OK(cumem_sleep(cm, NULL, ALL_OFFLOADED)); /* the first: nothing to compare with */
   CHECK(skipped_now(cm, NULL) == 0);
@@ -86,17 +98,10 @@ TEST(one_byte_per_chunk_position_is_copied_and_restored) {
   const size_t chunk = MiB;
   skip_options(&o, chunk, 1, 0);
   CHECK_OK(test_open(&cm, NULL, &o));
-  size_t g = granularity_of(cm), n = 3 * g + g / 2; /* rounded up: the last chunk is a whole one */
+  size_t n = 4 * granularity_of(cm), nchunks = (n + chunk - 1) / chunk;
   void *w;
-  CHECK_OK(cumem_alloc(cm, &w, n, 0, "w"));
-  cumem_alloc_info_t info;
-  CHECK_OK(cumem_query(cm, w, &info));
-  n = info.size;
-  size_t nchunks = (n + chunk - 1) / chunk;
-  unsigned char *model = malloc(n);
-  CHECK(model);
-  for (size_t i = 0; i < n; i++) model[i] = pattern_byte(i, 22);
-  CHECK_OK(cumem_copy_to_device(cm, w, model, n));
+  unsigned char *model;
+  CHECK_OK(alloc_model(cm, &w, n, 22, &model));
   CHECK_OK(cumem_sleep(cm, NULL, ALL_OFFLOADED));
   CHECK_OK(cumem_wake(cm, NULL));
   for (size_t c = 0; c < nchunks; c++) {
@@ -342,9 +347,7 @@ TEST(model_checked_with_retention_off) { model_run(0, 0, 20, 0xda942042e4dd58b5u
  * handed out, the backup's content is unknown to cumem and never skipped. */
 TEST(backup_view_stops_skipping_until_the_backup_is_given_back) {
   cumem_t *cm = NULL;
-  cumem_options_t o;
-  skip_options(&o, MiB, 1, 0);
-  CHECK_OK(test_open(&cm, NULL, &o));
+  CHECK_OK(open_skipping(&cm));
   size_t n = 2 * granularity_of(cm);
   void *w;
   CHECK_OK(cumem_alloc(cm, &w, n, 0, "w"));
@@ -430,11 +433,8 @@ TEST(disk_tags_copy_everything_and_leave_no_trusted_host_backup) {
   CHECK_OK(rc);
   size_t n = 2 * granularity_of(cm);
   void *w;
-  CHECK_OK(cumem_alloc(cm, &w, n, 0, "w"));
-  unsigned char *model = malloc(n);
-  CHECK(model);
-  for (size_t i = 0; i < n; i++) model[i] = pattern_byte(i, 51);
-  CHECK_OK(cumem_copy_to_device(cm, w, model, n));
+  unsigned char *model;
+  CHECK_OK(alloc_model(cm, &w, n, 51, &model));
   for (int round = 0; round < 2; round++) { /* on the host: recorded, then skipped */
     CHECK_OK(cumem_sleep(cm, NULL, ALL_OFFLOADED));
     CHECK(skipped_now(cm, "w") == (round ? n : 0));
