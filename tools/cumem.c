@@ -1,4 +1,4 @@
-/* The `cumem` command: info, demo, bench. */
+/* The `cumem` command: info, demo, bench, run. */
 #include "tool.h"
 
 #include <stdio.h>
@@ -41,6 +41,8 @@ static int usage(FILE *f) {
           "          discarded), wake, verify every byte of the weights\n"
           "  bench   link bandwidth, then cold/warm sleep and wake of a model-shaped\n"
           "          workload, with GB/s and percent of the link\n"
+          "  run     run a program with sleepable CUDA allocations (LD_PRELOAD):\n"
+          "          cumem run [--tag T] [--backup cpu|disk|none] -- CMD ARGS...\n"
           "options:\n"
           "  --backend auto|cuda|host   (default: auto, or CUMEM_BACKEND)\n"
           "  --size GiB                 weights to offload (demo: 2 on cuda, 0.25 on host;\n"
@@ -63,6 +65,7 @@ int main(int argc, char **argv) {
   if (argc < 2) return usage(stderr);
   const char *cmd = argv[1];
   if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) return usage(stdout);
+  if (!strcmp(cmd, "run")) return cmd_run(argc - 1, argv + 1);
   tool_args_t a = {0};
   a.rounds = 3;
   for (int i = 2; i < argc; i++) {

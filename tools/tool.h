@@ -45,5 +45,8 @@ void workload_free(cumem_t *cm, workload_t *w);
 int cmd_info(const tool_args_t *a);
 int cmd_demo(const tool_args_t *a);
 int cmd_bench(const tool_args_t *a);
+/* run parses its own arguments (argv[0] is "run"): what follows the
+ * program's name is the program's. */
+int cmd_run(int argc, char **argv);
 
 #endif

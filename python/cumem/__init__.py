@@ -8,7 +8,8 @@ CUDA graphs stay valid.
 Three ways in, one C core underneath:
 
   cumem.CuMemAllocator      vLLM's vllm.device_allocator.cumem.CuMemAllocator
-  cumem.torch_memory_saver  torch_memory_saver's object (torch hook mode)
+  cumem.torch_memory_saver  torch_memory_saver's object (torch and preload
+                            hook modes; cumem.configure_subprocess)
   cumem.pool / sleep / wake / stats   the native API (below)
 
 and cumem.cumem_allocator, the extension interface of vLLM's
@@ -54,6 +55,7 @@ __version__ = _C.VERSION
 __all__ = [
     # the adapters
     "CuMemAllocator", "TorchMemorySaver", "torch_memory_saver", "install_vllm_shim",
+    "configure_subprocess", "preload_library",
     # the native API
     "pool", "sleep", "wake", "stats", "stats_by_tag", "tags", "prepare_backup",
     "release_backup", "set_disk_dir", "empty_cache", "using_tag", "set_current_tag", "current_tag",
@@ -214,6 +216,30 @@ def stats_by_tag():
 def tags():
     """Every tag used so far."""
     return _C.default().tags()
+
+
+# ---- preload mode ----------------------------------------------------------
+
+
+def preload_library():
+    """The path of libcumem_preload.so, the LD_PRELOAD interposer that makes
+    cudaMalloc inside regions sleepable (torch_memory_saver's preload hook
+    mode, `cumem run`): $CUMEM_PRELOAD_LIBRARY, the one loaded in this
+    process, the one next to this package, or one in a CMake build tree.
+    FileNotFoundError, naming the places tried, when there is none."""
+    from . import _preload
+
+    return _preload.library_path()
+
+
+def configure_subprocess():
+    """Context manager: child processes started inside the block get the
+    interposer in LD_PRELOAD (torch_memory_saver's configure_subprocess).
+    Add CUMEM_PRELOAD=1 or TMS_INIT_ENABLE=1 to their environment to make all
+    of their memory sleepable from their start."""
+    from . import _preload
+
+    return _preload.configure_subprocess()
 
 
 # ---- the adapters ----------------------------------------------------------

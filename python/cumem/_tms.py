@@ -1,10 +1,23 @@
 """cumem.torch_memory_saver: torch_memory_saver's object on the cumem core.
 
-Same API and semantics as `from torch_memory_saver import torch_memory_saver`
-in its torch hook mode (a CUDAPluggableAllocator, no LD_PRELOAD), so an
-SGLang / verl / slime user changes one import:
+Same API and semantics as `from torch_memory_saver import torch_memory_saver`,
+in both of its hook modes, so an SGLang / verl / slime user changes one
+import:
 
-    from cumem import torch_memory_saver
+    from cumem import torch_memory_saver, configure_subprocess
+
+Hook modes. "torch": regions allocate from a MemPool over cumem's
+CUDAPluggableAllocator; no LD_PRELOAD. "preload": the process runs with
+libcumem_preload.so in LD_PRELOAD (configure_subprocess() sets it for child
+processes, `cumem run` for any program), which turns cudaMalloc inside a
+region into a cumem allocation; regions allocate from a plain MemPool of
+their own, so their segments are fresh cudaMalloc calls and never mix with
+memory from outside. TMS_INIT_ENABLE=1 (or CUMEM_PRELOAD=1) makes every
+allocation of a preloaded process pausable from its start, under "default".
+Without a choice the mode is "preload" when the interposer is loaded (and
+shares the core with cumem._C), as torch_memory_saver's default is, and
+"torch" otherwise. Both modes name tags alike (below), so pause and resume
+are the same code.
 
 Tags. torch_memory_saver chooses backup per region (enable_cpu_backup,
 enable_disk_backup), cumem chooses it per tag at sleep time. Each (tag,
@@ -41,7 +54,7 @@ import contextlib
 import os
 import threading
 
-from . import _C, _torch
+from . import _C, _preload, _torch
 
 _PLAIN = "tms:"
 _BACKUP = "tms+cpu:"
@@ -87,6 +100,7 @@ class TorchMemorySaver:
         self._lock = threading.Lock()
         self._retain_cpu_backup = False
         self._memory_margin_bytes = 0
+        self._hook_mode = None  # None: "preload" where the interposer is usable
 
     # -- allocation -----------------------------------------------------------
 
@@ -102,8 +116,13 @@ class TorchMemorySaver:
         itag = _internal_tag(tag, enable_cpu_backup, enable_disk_backup)
         if enable_disk_backup:
             self._use_disk(itag)
-        with _torch.allocate_in(self._pool(itag), itag):
-            yield
+        if self.hook_mode == "preload":
+            # A plain pool: its segments are cudaMalloc calls made in the region.
+            with _torch.allocate_in(self._pool(itag, "preload"), itag), _preload.region(itag):
+                yield
+        else:
+            with _torch.allocate_in(self._pool(itag, "torch"), itag):
+                yield
 
     def _use_disk(self, itag):
         # The tag's backup goes to disk; the directory, if none is set yet,
@@ -120,13 +139,13 @@ class TorchMemorySaver:
         os.makedirs(path, exist_ok=True)
         _C.default().set_disk_dir(path)
 
-    def _pool(self, itag):
+    def _pool(self, itag, mode):
         import torch
 
-        key = (itag, torch.cuda.current_device())
+        key = (itag, torch.cuda.current_device(), mode)
         with self._lock:
             if key not in self._pools:
-                self._pools[key] = _torch.new_pool()
+                self._pools[key] = _torch.new_pool() if mode == "torch" else torch.cuda.MemPool()
             return self._pools[key]
 
     @contextlib.contextmanager
@@ -141,15 +160,31 @@ class TorchMemorySaver:
         cpu_backup_backend=None,
     ):
         """Like torch.cuda.graph, with the graph's memory pausable under
-        `tag`: unless a pool is given, the capture allocates from a new cumem
-        MemPool of its own (PyTorch lets a graph capture into a MemPool). The
-        pool is not shared with regions, whose later tensors could otherwise
-        land on blocks the graph reuses at replay; its memory goes back to
-        cumem once the graph is destroyed (at the next sweep)."""
+        `tag`.
+
+        Torch mode: unless a pool is given, the capture allocates from a new
+        cumem MemPool of its own (PyTorch lets a graph capture into a
+        MemPool). The pool is not shared with regions, whose later tensors
+        could otherwise land on blocks the graph reuses at replay; its memory
+        goes back to cumem once the graph is destroyed (at the next sweep).
+
+        Preload mode: the capture runs in a region, so the cudaMalloc calls
+        of the graph's private pool (or of `pool`) make cumem allocations;
+        PyTorch frees them with cudaFree when the graph's pool goes.
+
+        Both modes: a graph with NCCL collectives may hang at replay after a
+        pause when NCCL registered its buffers for graphs (tms#88); run such
+        jobs with NCCL_GRAPH_REGISTER=0."""
         import torch
 
         _check_cpu_backup_backend(enable_cpu_backup, cpu_backup_backend)
         itag = _internal_tag(tag, enable_cpu_backup)
+        if self.hook_mode == "preload":
+            with _torch._expandable_segments_off(), torch.cuda.graph(
+                cuda_graph, pool=pool, stream=stream, capture_error_mode=capture_error_mode
+            ), _preload.region(itag):
+                yield
+            return
         own_pool = _torch.new_pool() if pool is None else None
         try:
             with _torch.current_tag(itag), torch.cuda.graph(
@@ -181,8 +216,12 @@ class TorchMemorySaver:
             if key not in self._pools:
                 self._pools[key] = torch.cuda.MemPool()
             pool = self._pools[key]
-        with torch.cuda.use_mem_pool(pool):
-            yield
+        if self.hook_mode == "preload":
+            with torch.cuda.use_mem_pool(pool), _preload.region(None):
+                yield
+        else:
+            with torch.cuda.use_mem_pool(pool):
+                yield
 
     # -- pause and resume -----------------------------------------------------
 
@@ -289,15 +328,28 @@ class TorchMemorySaver:
 
     @property
     def hook_mode(self):
-        """How allocations are caught: "torch" (a CUDAPluggableAllocator)."""
-        return "torch"
+        """How allocations are caught: "torch" (a CUDAPluggableAllocator) or
+        "preload" (the LD_PRELOAD interposer); see the module's docstring."""
+        if self._hook_mode is None:
+            return "preload" if _preload.usable() else "torch"
+        return self._hook_mode
 
     @hook_mode.setter
     def hook_mode(self, mode):
-        # cumem always works in-process through the pluggable allocator;
-        # "preload" users get the same behaviour without LD_PRELOAD.
+        # Refused at once (torch_memory_saver refuses at its first use):
+        # "preload" without the interposer would allocate nothing pausable.
+        # Regions already entered keep the mode they began with.
         if mode not in ("torch", "preload"):
-            raise ValueError(f"unknown hook_mode {mode!r}")
+            raise ValueError(f"unknown hook_mode {mode!r} (expected 'torch' or 'preload')")
+        if mode == "preload":
+            _preload.require()
+        self._hook_mode = mode
+
+    @staticmethod
+    def configure_subprocess():
+        """Context manager: child processes started inside get the interposer
+        in LD_PRELOAD (for hook_mode="preload"); see cumem.configure_subprocess."""
+        return _preload.configure_subprocess()
 
 
 torch_memory_saver = TorchMemorySaver()
