@@ -79,6 +79,31 @@ static int stream_of(skip_t *sk, int device, void **out) {
   return 0;
 }
 
+static int wait_for(skip_t *sk, skip_item_t *it);
+
+/* Record the ring's next event behind its item's kernel on `stream`. */
+static int event_behind(skip_t *sk, skip_item_t *it, int device, void *stream) {
+  cumem_backend_t *b = sk->cm->backend;
+  skip_event_t *e = &sk->events[sk->nqueued % SKIP_EVENTS];
+  int rc = e->owner ? wait_for(sk, e->owner) : 0; /* (long done, in practice) */
+  if (rc) return rc;
+  if (e->event && e->device != device) {
+    b->event_destroy(b, e->event);
+    e->event = NULL;
+  }
+  if (!e->event) rc = b->event_create(b, device, &e->event);
+  if (rc) return rc;
+  e->device = device;
+  e->owner = NULL;
+  rc = b->event_record(b, e->event, stream);
+  if (rc) return rc;
+  e->owner = it;
+  it->event = e->event;
+  it->queued = 1;
+  sk->nqueued++;
+  return 0;
+}
+
 /* Queue a's kernel and an event behind it. A failure before the kernel is
  * queued only leaves a unfingerprinted; once it may run, the stream must be
  * waited for (a failure of that is the caller's). */
@@ -94,15 +119,11 @@ static int queue_one(skip_t *sk, skip_item_t *it, alloc_t *a) {
     /* A launch that failed half-way may have queued work: wait for it. */
     return stream ? b->stream_synchronize(b, stream) : 0;
   }
-  void *event = NULL;
-  rc = b->event_create(b, a->device, &event);
-  if (!rc) rc = b->event_record(b, event, stream);
+  rc = event_behind(sk, it, a->device, stream);
   if (rc) {
-    if (event) b->event_destroy(b, event);
     cumem__log("skip unchanged: no event behind a fingerprint (%s); waiting for it now", cumem_last_error());
     return b->stream_synchronize(b, stream); /* the kernel is done; its result goes unused */
   }
-  it->event = event;
   sk->nfingerprinted++;
   sk->bytes_fingerprinted += a->size;
   return 0;
@@ -162,7 +183,7 @@ int cumem__skip_begin(skip_t *sk, cumem_t *cm, alloc_t **list, size_t n, const u
   return queue_upto(sk, SKIP_LOOKAHEAD - 1);
 }
 
-/* Wait for i's kernel (once). */
+/* Wait for an item's kernel (once). */
 static int wait_for(skip_t *sk, skip_item_t *it) {
   if (it->waited) return 0;
   double t0 = cumem__now();
@@ -181,7 +202,7 @@ int cumem__skip_plan(skip_t *sk, size_t i, alloc_t *a, const unsigned char **cha
     int rc = queue_upto(sk, i + SKIP_LOOKAHEAD);
     if (rc) return rc;
   }
-  if (it && it->event && it->compare) {
+  if (it && it->queued && it->compare) {
     int rc = wait_for(sk, it);
     if (rc) return rc;
     const uint64_t *old = a->backup.fingerprints;
@@ -203,7 +224,7 @@ int cumem__skip_record(skip_t *sk, size_t i, alloc_t *a) {
   skip_item_t *it = sk->items ? &sk->items[i] : NULL;
   int rc = it ? queue_upto(sk, i) : 0; /* (plan queued it already) */
   if (rc) return rc;
-  if (!it || !it->event) return 0; /* nothing known: the backup stays unfingerprinted */
+  if (!it || !it->queued) return 0; /* nothing known: the backup stays unfingerprinted */
   rc = wait_for(sk, it);
   if (rc) return rc;
   hostbuf_t *hb = &a->backup;
@@ -228,8 +249,8 @@ int cumem__skip_end(skip_t *sk) {
     sk->streams[d] = NULL;
     if (!first) first = rc ? rc : rc2;
   }
-  for (size_t i = 0; sk->items && i < sk->n; i++)
-    if (sk->items[i].event) b->event_destroy(b, sk->items[i].event);
+  for (int e = 0; e < SKIP_EVENTS; e++)
+    if (sk->events[e].event) b->event_destroy(b, sk->events[e].event);
   /* After a failed wait the device might still write into the arena: keep
    * it then too. */
   if (sk->arena && (first || arena_free(sk->cm) != 0))

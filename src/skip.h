@@ -28,17 +28,31 @@
 #include "core.h"
 
 typedef struct skip_item {
-  void *event;      /* recorded after its kernel; NULL: not fingerprinted */
-  uint64_t *fp;     /* its fingerprints of this sleep (in the arena) */
+  uint64_t *fp;     /* its fingerprints of this sleep (in the arena); NULL:
+                       skipping does not apply to it */
   int compare;      /* its backup's fingerprints are valid: compare */
-  int waited;       /* the event completed */
+  int queued;       /* its kernel is queued, `event` recorded behind it */
+  int waited;       /* the event completed: fp holds the fingerprints */
+  void *event;      /* one of the ring's (skip_event_t) */
 } skip_item_t;
+
+/* Events behind the kernels, reused in turn (the driver calls to create and
+ * destroy one per allocation are not free): an event is taken over only
+ * once its previous owner's kernel was waited for. */
+#define SKIP_EVENTS 20
+typedef struct skip_event {
+  void *event;
+  int device;
+  skip_item_t *owner;
+} skip_event_t;
 
 typedef struct skip {
   cumem_t *cm;
   skip_item_t *items;       /* per list index; NULL: nothing fingerprinted */
   alloc_t **list;           /* the sleep's (valid until skip_end) */
   size_t n, next;           /* next: the first item whose kernel is not queued */
+  skip_event_t events[SKIP_EVENTS];
+  size_t nqueued;
   void *streams[CUMEM_MAX_DEVICES];
   uint64_t disabled;        /* devices where fingerprinting failed this sleep */
   uint64_t *arena;          /* this sleep's fingerprints (cm->fp_arena) */

@@ -129,6 +129,46 @@ TEST(one_byte_per_chunk_position_is_copied_and_restored) {
   CHECK_OK(cumem_close(cm));
 }
 
+/* More allocations than the events and kernels kept in flight, spread over
+ * two devices where there are two (the host backend emulates them): every
+ * allocation's answer is its own. */
+TEST(many_allocations_on_several_devices) {
+  enum { N = 3 * 20 + 7 };
+  setenv("CUMEM_HOST_DEVICES", "2", 1);
+  cumem_t *cm = NULL;
+  int rc = open_skipping(&cm);
+  unsetenv("CUMEM_HOST_DEVICES");
+  CHECK_OK(rc);
+  int ndev = 0;
+  CHECK_OK(cumem_device_count(cm, &ndev));
+  size_t n = granularity_of(cm), last_chunk = n - (n - 1) / MiB * MiB;
+  void *p[N];
+  unsigned char *model = malloc(N * n);
+  CHECK(model);
+  for (size_t i = 0; i < N * n; i++) model[i] = pattern_byte(i, 61);
+  for (int i = 0; i < N; i++) {
+    CHECK_OK(cumem_alloc(cm, &p[i], n, ndev > 1 && i % 3 == 0, "w")); /* the events change devices too */
+    CHECK_OK(cumem_copy_to_device(cm, p[i], model + (size_t)i * n, n));
+  }
+  CHECK_OK(cumem_sleep(cm, NULL, ALL_OFFLOADED));
+  CHECK_OK(cumem_wake(cm, NULL));
+  for (int round = 0; round < 3; round++) {
+    size_t changed = 0;
+    for (int i = round; i < N; i += 5) { /* one byte in the last copy chunk of some */
+      size_t at = (size_t)i * n + n - 1 - (size_t)round;
+      model[at] ^= 0x3c;
+      CHECK_OK(cumem_copy_to_device(cm, (char *)p[i] + n - 1 - round, model + at, 1));
+      changed += last_chunk;
+    }
+    CHECK_OK(cumem_sleep(cm, NULL, ALL_OFFLOADED));
+    CHECK(skipped_now(cm, "w") == N * n - changed);
+    CHECK_OK(cumem_wake(cm, NULL));
+    for (int i = 0; i < N; i++) CHECK(device_equals(cm, p[i], model + (size_t)i * n, n));
+  }
+  free(model);
+  CHECK_OK(cumem_close(cm));
+}
+
 /* ---- a model of device and backup, random mutations between cycles ---- */
 
 #define NA 4
@@ -593,6 +633,7 @@ TEST(failures_of_the_partial_copies) { sweep("copy_to_host", 0); }
 RUN_TESTS("skip",
           T(unchanged_allocation_is_not_copied_and_stays_exact),
           T(one_byte_per_chunk_position_is_copied_and_restored),
+          T(many_allocations_on_several_devices),
           T(model_checked_random_mutations),
           T(model_checked_with_zero_on_wake),
           T(model_checked_with_retention_off),
