@@ -28,8 +28,16 @@ static int backup_comparable(const alloc_t *a) {
   return 1;
 }
 
-static void skip_forget(skip_t *sk, const char *why) {
-  cumem__log("skip unchanged: not this sleep (%s): %s; copying everything", why, cumem_last_error());
+/* Skipping is an optimization: where it fails, the sleep copies and
+ * succeeds, so the failure is logged and the thread's error detail is put
+ * back as it was (it describes failed calls only). */
+static void log_fallback(const cumem__error_save_t *before, const char *what) {
+  cumem__log("skip unchanged: %s (%s)", what, cumem_last_error());
+  cumem__error_restore(before);
+}
+
+static void skip_forget(skip_t *sk, const cumem__error_save_t *before, const char *why) {
+  log_fallback(before, why);
   free(sk->items);
   sk->items = NULL;
 }
@@ -110,19 +118,20 @@ static int event_behind(skip_t *sk, skip_item_t *it, int device, void *stream) {
 static int queue_one(skip_t *sk, skip_item_t *it, alloc_t *a) {
   cumem_backend_t *b = sk->cm->backend;
   void *stream = NULL;
+  cumem__error_save_t before;
+  cumem__error_save(&before);
   int rc = stream_of(sk, a->device, &stream);
   if (!rc) rc = b->fingerprint(b, a->va, a->backup.seg, a->size, it->fp, stream);
   if (rc) {
-    cumem__log("skip unchanged: cannot fingerprint on device %d (%s); copying its allocations whole", a->device,
-               cumem_last_error());
+    log_fallback(&before, "cannot fingerprint on this device; this sleep copies its allocations whole");
     sk->disabled |= (uint64_t)1 << a->device;
     /* A launch that failed half-way may have queued work: wait for it. */
     return stream ? b->stream_synchronize(b, stream) : 0;
   }
   rc = event_behind(sk, it, a->device, stream);
   if (rc) {
-    cumem__log("skip unchanged: no event behind a fingerprint (%s); waiting for it now", cumem_last_error());
-    return b->stream_synchronize(b, stream); /* the kernel is done; its result goes unused */
+    log_fallback(&before, "no event behind a fingerprint; its kernel is waited for now, the allocation copied");
+    return b->stream_synchronize(b, stream);
   }
   sk->nfingerprinted++;
   sk->bytes_fingerprinted += a->size;
@@ -162,13 +171,15 @@ int cumem__skip_begin(skip_t *sk, cumem_t *cm, alloc_t **list, size_t n, const u
   sk->list = list;
   sk->n = n;
   sk->changed = malloc(most_segments);
+  cumem__error_save_t before;
+  cumem__error_save(&before);
   if (!sk->items || !sk->changed) {
     CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for the fingerprints of %zu allocations", n);
-    skip_forget(sk, "host memory");
+    skip_forget(sk, &before, "no host memory for this sleep's fingerprints; it copies everything");
     return 0;
   }
   if (arena_make(cm, values) != 0) {
-    skip_forget(sk, "page-locking");
+    skip_forget(sk, &before, "cannot page-lock room for this sleep's fingerprints; it copies everything");
     return 0;
   }
   sk->arena = cm->fp_arena;
@@ -252,10 +263,11 @@ int cumem__skip_end(skip_t *sk) {
   for (int e = 0; e < SKIP_EVENTS; e++)
     if (sk->events[e].event) b->event_destroy(b, sk->events[e].event);
   /* After a failed wait the device might still write into the arena: keep
-   * it then too. */
-  if (sk->arena && (first || arena_free(sk->cm) != 0))
-    cumem__log("skip unchanged: the fingerprint arena is kept for now (%s); it is given back later",
-               cumem_last_error());
+   * it then too. (Given back by the next sleep, release_backup or close.) */
+  cumem__error_save_t before;
+  cumem__error_save(&before);
+  if (sk->arena && !first && arena_free(sk->cm) != 0)
+    log_fallback(&before, "the fingerprint arena stays page-locked for now");
   free(sk->items);
   free(sk->changed);
   memset(sk, 0, sizeof *sk);

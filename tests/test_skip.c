@@ -590,6 +590,7 @@ static void sweep(const char *op, int persistent) {
     unsigned char last = (unsigned char)~w.m2[w.n2 - 1];
     CHECK_OK(set_bytes(&w, w.m2, w.w2, w.n2 - 1, &last, 1));
 
+    CHECK_RC(cumem_free(w.cm, NULL), CUMEM_EINVAL); /* a detail a successful sleep must leave alone */
     cumem_fault_arm(w.fault, k, op, CUMEM_EDRIVER, persistent);
     int rc = cumem_sleep(w.cm, NULL, ALL_OFFLOADED);
     long injected = cumem_fault_injected(w.fault);
@@ -599,6 +600,8 @@ static void sweep(const char *op, int persistent) {
       reached_end = 1;
     } else if (rc) {
       CHECK(strstr(cumem_last_error(), "fault injected") != NULL);
+    } else { /* skipping failed and the sleep copied instead */
+      CHECK(strstr(cumem_last_error(), "ptr is NULL") != NULL);
     }
     cumem_backend_counters_t c;
     CHECK_OK(cumem_backend_counters(w.cm, &c));
