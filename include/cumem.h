@@ -106,6 +106,20 @@ typedef struct cumem_options {
                            copies run; CUMEM_RELEASE_THREADS (default 4) */
   int verbose;          /* print what the library decides to stderr;
                            CUMEM_VERBOSE */
+  const char *prepare_ahead; /* tags whose host backups are pinned in the
+                           background ahead of the first sleep: "a,b" or
+                           "all"; NULL or "" = none (a tag's own
+                           prepare_ahead option overrides); the instance
+                           keeps a copy. CUMEM_PREPARE_AHEAD */
+  int prepare_ahead_delay_ms; /* ... starting once the tag has had no new
+                           allocation for this long; CUMEM_PREPARE_AHEAD_
+                           DELAY_MS (default 1000) */
+  int numa;             /* host backups on the NUMA node nearest their GPU:
+                           1 always, 0 never, -1 where the machine has more
+                           than one node (default); CUMEM_NUMA */
+  const char *register_lock; /* an experiment: a file path; processes that
+                           name the same file page-lock host memory one at
+                           a time (NULL = no lock); CUMEM_REGISTER_LOCK */
   const char *disk_dir; /* directory for the backups of tags whose backup is
                            CUMEM_BACKUP_DISK; NULL or "" = none (sleeping
                            such a tag is then CUMEM_EINVAL). Checked at open:
@@ -247,6 +261,34 @@ CUMEM_API int cumem_prepare_backup(cumem_t *cm, const char *const *tags);
  * and staging buffers of the disk tier that a failed call could not. */
 CUMEM_API int cumem_release_backup(cumem_t *cm, const char *const *tags);
 
+/* Background work. Each instance has a worker thread (started on first
+ * need, joined by cumem_close) that
+ *  - gives back host backups after a wake when they are not retained
+ *    (retain_backup = 0) or after cumem_release_backup_async: wake returns
+ *    once the content is restored, and the memory (RSS) is given back
+ *    right after, in small steps; a sleep that comes first reuses what is
+ *    still pinned;
+ *  - pins the host backups of prepare-ahead tags (the prepare_ahead option
+ *    and tag option) once the tag has had no new allocation for
+ *    prepare_ahead_delay_ms, and those named by cumem_prepare_backup_async
+ *    at once, touching a few pages per step, so that the first sleep only
+ *    copies. It costs host memory (the size of the backups, pinned) from
+ *    then on.
+ * A failure of background work loses nothing (the backup stays, accounted
+ * in bytes_host_held). It is reported once, by the next cumem_sleep,
+ * cumem_wake, cumem_prepare_backup[_async], cumem_release_backup[_async]
+ * or cumem_drain, which then returns it and does nothing else (call it
+ * again to do its work). */
+/* Queue the pinning of these tags' backups (awake allocations, not yet
+ * backed up) and return at once. NULL = every tag. */
+CUMEM_API int cumem_prepare_backup_async(cumem_t *cm, const char *const *tags);
+/* Queue the giving back of these tags' retained backups (awake
+ * allocations) and return at once. NULL = every tag. */
+CUMEM_API int cumem_release_backup_async(cumem_t *cm, const char *const *tags);
+/* Finish all background work now, on this thread (delays ignored), then
+ * report the first failure of background work not yet reported. */
+CUMEM_API int cumem_drain(cumem_t *cm);
+
 /* Where the host backup keeps the bytes of ptr (any address inside a live
  * allocation): *host points into the pinned backup, *len counts the bytes
  * from there to the end of the allocation. The backup holds the content the
@@ -280,9 +322,11 @@ typedef struct cumem_stats {
   size_t bytes_mapped;    /* of which backed by physical memory now */
   size_t bytes_asleep;    /* of which released */
   size_t bytes_backed_up; /* content held in backups while asleep */
-  size_t bytes_host_held; /* pinned host memory held, retained included */
+  size_t bytes_host_held; /* host backup memory held, retained included */
   size_t bytes_on_disk;   /* of bytes_backed_up, held in files under
                              disk_dir */
+  size_t bytes_host_pinned; /* of bytes_host_held, page-locked (ready for
+                               copies) */
   size_t bytes_skipped;   /* of bytes_backed_up, what their sleep did not
                              copy because the retained backup held it
                              already (skip unchanged); the bytes copied are
@@ -314,6 +358,7 @@ typedef struct cumem_device_info {
   int rdma;           /* GPUDirect RDMA with VMM supported */
   int fabric;         /* fabric handles supported */
   int posix_fd;       /* POSIX file-descriptor handles supported */
+  int numa_node;      /* the host NUMA node nearest the device; -1 unknown */
 } cumem_device_info_t;
 
 CUMEM_API int cumem_device_count(cumem_t *cm, int *count);

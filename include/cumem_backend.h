@@ -112,6 +112,16 @@ struct cumem_backend {
                      uint64_t *out, void *stream);
 };
 
+/* Record this thread's error detail (what cumem_last_error() returns next:
+ * "<file>:<line>: <message>") and return `code`. For backends and other code
+ * built on cumem whose failures should read like cumem's own:
+ *   return cumem_set_error(CUMEM_EDRIVER, __FILE__, __LINE__, "x failed: %d", e); */
+CUMEM_API int cumem_set_error(int code, const char *file, int line, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 4, 5)))
+#endif
+    ;
+
 /* The shipped backends. Each returns 0 and a new backend, or an error
  * (cuda: CUMEM_ENODRIVER where no driver or device answers). */
 CUMEM_API int cumem_backend_cuda(cumem_backend_t **out);

@@ -26,6 +26,13 @@ CUMEM_API long cumem_fault_calls(const cumem_backend_t *fault);
 /* Failures injected since the last arm. */
 CUMEM_API long cumem_fault_injected(const cumem_backend_t *fault);
 
+/* Hold the instance's background worker (hold = 1: it does no step, its
+ * work waits) or let it go again (0). cumem_drain and the call below still
+ * do the work, on the calling thread. */
+CUMEM_API void cumem_testing_hold_background(cumem_t *cm, int hold);
+/* Run up to n steps of background work on this thread (delays ignored);
+ * returns how many ran (fewer: nothing was left). */
+CUMEM_API int cumem_testing_background_steps(cumem_t *cm, int n);
 /* The disk tier's file operations, for tests: before each one, `fn` (when
  * set) is called with its name — "tmpfile" (create an unnamed file),
  * "mkstemp" (the named fallback), "unlink", "direct" (turn on O_DIRECT),

@@ -1,35 +1,88 @@
 #!/usr/bin/env bash
-# One call on the GPU machine: build; the C tests on the cuda backend; the
-# Python tests; the multi-GPU job; the demo; the benchmark; the soak. Logs go
-# to $OUT (or ./out); a short table comes last.
-# Usage: scripts/gpu_run.sh [all|tests|soak]   (SOAK_CYCLES=N sizes the soak)
-# "tests" is everything but the soak; "soak" builds what it needs and soaks.
+# The GPU machine's one script: build, then one phase per call (each must end
+# inside the device tool's 10 minutes), a short table last.
+#
+#   scripts/gpu_run.sh tests   build; C tests on the cuda backend; Python tests;
+#                              GPU-only tests (tests/gpu); preload mode with its
+#                              per-call trace; info (text and JSON); demo
+#   scripts/gpu_run.sh bench   cumem bench (text and JSON), the disk tier's
+#                              bench, the Python-level bench of every API
+#   scripts/gpu_run.sh multi   one bench process per GPU at once (bench/concurrent.py)
+#   scripts/gpu_run.sh soak    the soak (SOAK_CYCLES=N sizes it)
+#   scripts/gpu_run.sh all     tests, bench, soak (longer than one device call)
+#
+# Logs go to $LOGS (default ./out-logs); $OUT (default ./out) receives one
+# archive of them per phase and the summary, so that what comes back from
+# the device machine fits its limit on files. Extra knobs: PYBENCH_ARGS
+# (bench/python_bench.py), MULTI_ARGS (bench/concurrent.py).
 set -u
 what=${1:-all}
 OUT=${OUT:-$PWD/out}
-mkdir -p "$OUT"
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
+LOGS=${LOGS:-$PWD/out-logs}
+mkdir -p "$OUT" "$LOGS"
+export OUT NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
+PY="env PYTHONPATH=$PWD/build/pylib python3"
 summary=()
 step() { # name, command...
   local name=$1; shift
   local t0=$(date +%s%N)
-  "$@" >"$OUT/$name.log" 2>&1
+  "$@" >"$LOGS/$name.log" 2>&1
   local rc=$? ms=$(( ($(date +%s%N) - t0) / 1000000 ))
-  local last=$(grep -aE 'passed|failed|PASS|FAIL|skipped|verdict|flat' "$OUT/$name.log" | tail -1)
-  summary+=("$(printf '%-12s rc=%-3s %7.1fs  %s' "$name" "$rc" "$(echo "$ms" | awk '{print $1/1000}')" "$last")")
-  echo "== $name (rc=$rc, ${ms} ms)"; tail -n 20 "$OUT/$name.log"
+  local last=$(grep -aE 'passed|failed|PASS|FAIL|skipped|verdict|flat|verified' "$LOGS/$name.log" | tail -1)
+  summary+=("$(printf '%-12s rc=%-3s %7.1fs  %s' "$name" "$rc" "$(echo "$ms" | awk '{print $1/1000}')" "${last:0:110}")")
+  echo "== $name (rc=$rc, ${ms} ms)"; tail -n 15 "$LOGS/$name.log"
 }
-nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
-step build bash -c "cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release && cmake --build build && python3 setup.py -q build --build-lib build/pylib --build-temp build/pytmp"
-if [ "$what" != soak ]; then
-step ctest-cuda bash -c "cd build && ctest --output-on-failure -R '\\.cuda\$'"
-step python bash -c "PYTHONPATH=\$PWD/build/pylib python3 -m pytest -q -rs -p no:cacheprovider tests/python"
-[ -d tests/gpu ] && step multigpu bash -c "PYTHONPATH=\$PWD/build/pylib python3 -m pytest -q -rs -p no:cacheprovider tests/gpu"
-step info ./build/cumem info
-step demo ./build/cumem demo
-step bench bash -c "CUMEM_VERBOSE=1 ./build/cumem bench"
-fi
-[ "$what" != tests ] && step soak bash -c "PYTHONPATH=\$PWD/build/pylib python3 bench/soak.py ${SOAK_CYCLES:+--cycles $SOAK_CYCLES}"
-echo; echo "==== summary: $(tr '\n' ' ' <"$OUT/gpu.txt")"
-printf '%s\n' "${summary[@]}"
-[ -f "$OUT/bench.log" ] && grep -E '^\||verified|retention' "$OUT/bench.log"
+# A JSON document's check: file, Python expression over d, label.
+json_check() {
+  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); ok=$2; print('$3', 'PASS' if ok else 'FAIL'); sys.exit(not ok)" "$1"
+}
+info_json() {
+  ./build/cumem info --json >"$LOGS/info.json"; local rc=$?
+  cat "$LOGS/info.json"
+  json_check "$LOGS/info.json" 'd["ok"] and d["backend"]=="cuda" and len(d["devices"])==d["device_count"]>=1' info-json && return $rc
+}
+bench_json() {
+  ./build/cumem bench --json --size 4G --rounds 2 >"$LOGS/bench.json"; local rc=$?
+  cat "$LOGS/bench.json"
+  json_check "$LOGS/bench.json" 'd["ok"] and d["verified"] and d["backend"]=="cuda"' bench-json && return $rc
+}
+
+nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader | tee "$LOGS/gpu.txt"
+git rev-parse --short HEAD 2>/dev/null | sed 's/^/commit /' | tee -a "$LOGS/gpu.txt"
+step build bash -c "cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release && cmake --build build && \
+  python3 setup.py -q build --build-lib build/pylib --build-temp build/pytmp"
+
+case $what in tests|all)
+  step ctest-cuda bash -c "cd build && ctest --output-on-failure -R '\\.cuda\$'"
+  step python $PY -m pytest -q -rs -p no:cacheprovider tests/python
+  step gpu env OUT="$LOGS" $PY -m pytest -q -rs -p no:cacheprovider tests/gpu --ignore=tests/gpu/test_preload_gpu.py
+  step preload env OUT="$LOGS" bash tests/gpu/preload_gpu.sh
+  step info ./build/cumem info
+  step info-json info_json
+  step demo ./build/cumem demo
+;; esac
+
+case $what in bench|all)
+  step bench bash -c "CUMEM_VERBOSE=1 ./build/cumem bench"
+  step bench-json bench_json
+  step diskbench bash -c "mkdir -p /var/tmp/cumem-diskbench && df -T /var/tmp/cumem-diskbench && \
+    CUMEM_VERBOSE=1 ./build/bench_disk /var/tmp/cumem-diskbench --size 4 --rounds 3"
+  step pybench bash -c "$PY bench/python_bench.py ${PYBENCH_ARGS:-} --json $LOGS/python_bench.json"
+;; esac
+
+case $what in multi)
+  step multi bash -c "python3 bench/concurrent.py ${MULTI_ARGS:---pinprobe -- --size 16 --kv 2 --rounds 1}"
+;; esac
+
+case $what in soak|all)
+  step soak $PY bench/soak.py ${SOAK_CYCLES:+--cycles $SOAK_CYCLES}
+;; esac
+
+{
+  echo; echo "==== $what: $(tr '\n' ' ' <"$LOGS/gpu.txt")"
+  printf '%s\n' "${summary[@]}"
+  [ -f "$LOGS/bench.log" ] && grep -aE '^\||verified|retention|prepare-ahead' "$LOGS/bench.log"
+  [ -f "$LOGS/pybench.log" ] && grep -aE '^\||^link' "$LOGS/pybench.log"
+  [ -f "$LOGS/multi.log" ] && tail -25 "$LOGS/multi.log"
+} | tee "$OUT/summary-$what.txt"
+tar czf "$OUT/logs-$what.tgz" -C "$LOGS" . 2>/dev/null

@@ -42,6 +42,7 @@
 #include <cuda.h>         /* types and enums only: no cu* symbol is linked */
 #include <cudaTypedefs.h> /* PFN_cu<name>_v<version>: entry point types */
 
+#include <ctype.h>
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -67,6 +68,7 @@
   X(DeviceGetName, 2000)            \
   X(DeviceTotalMem, 3020)           \
   X(DeviceGetAttribute, 2000)       \
+  X(DeviceGetPCIBusId, 4010)        \
   X(DevicePrimaryCtxRetain, 7000)   \
   X(DevicePrimaryCtxRelease, 11000) \
   X(CtxGetCurrent, 4000)            \
@@ -91,6 +93,7 @@
   X(EventRecord, 2000)              \
   X(EventSynchronize, 2000)         \
   X(MemHostRegister, 6050)          \
+  X(ThreadExchangeStreamCaptureMode, 10010) \
   X(MemHostUnregister, 4000)        \
   X(MemcpyDtoHAsync, 3020)          \
   X(MemcpyHtoDAsync, 3020)          \
@@ -211,7 +214,7 @@ static int cuda_check(CUresult r, const char *file, int line, const char *fmt, .
     snprintf(unknown, sizeof unknown, "CUresult %d", (int)r);
     name = unknown;
   }
-  return cumem__set_error(cuda_code(r), file, line, "%s failed: %s (%s)", call,
+  return cumem_set_error(cuda_code(r), file, line, "%s failed: %s (%s)", call,
                           name, text ? text : "unknown error");
 }
 #define CUDA_CHECK(call, ...) cuda_check((call), __FILE__, __LINE__, __VA_ARGS__)
@@ -226,6 +229,7 @@ typedef struct cuda_device {
   size_t total;
   size_t granularity; /* covers every handle type create may use */
   int rdma, fabric, posix_fd;
+  int numa_node;    /* nearest host NUMA node, -1 unknown */
   atomic_int handle_type; /* CUmemAllocationHandleType asked of cuMemCreate */
   /* The fingerprint kernel, loaded into the primary context on first use
    * (cuda_fingerprint_load): 0 = not tried, 1 = loaded, -1 = unavailable. */
@@ -357,6 +361,23 @@ static int cuda_granularity(cuda_device_t *d, int device) {
   return 0;
 }
 
+/* The host NUMA node nearest the device: the kernel's numa_node of its PCI
+ * function (sysfs), -1 where unknown (no sysfs, or one node: the kernel
+ * says -1 then too). */
+static int cuda_numa_node(CUdevice dev) {
+  char bus[32], path[96];
+  if (cu.DeviceGetPCIBusId(bus, (int)sizeof bus, dev) != CUDA_SUCCESS) return -1;
+  for (char *c = bus; *c; c++) *c = (char)tolower((unsigned char)*c); /* sysfs names are lower case */
+  snprintf(path, sizeof path, "/sys/bus/pci/devices/%s/numa_node", bus);
+  FILE *f = fopen(path, "r");
+  int node = -1;
+  if (f) {
+    if (fscanf(f, "%d", &node) != 1) node = -1;
+    fclose(f);
+  }
+  return node;
+}
+
 /* Fill *d and retain the device's primary context. Called once per device,
  * under open_lock. On failure nothing is retained and a later call retries. */
 static int cuda_device_init(cuda_device_t *d, int device) {
@@ -372,6 +393,7 @@ static int cuda_device_init(cuda_device_t *d, int device) {
   d->rdma = cuda_attribute(dev, CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED);
   d->fabric = cuda_attribute(dev, CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_FABRIC_SUPPORTED);
   d->posix_fd = cuda_attribute(dev, CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED);
+  d->numa_node = cuda_numa_node(dev);
   atomic_store(&d->handle_type, d->fabric ? CU_MEM_HANDLE_TYPE_FABRIC
                                           : cuda_fallback_handle_type(d));
 
@@ -389,9 +411,10 @@ static int cuda_device_init(cuda_device_t *d, int device) {
   }
   d->ctx = ctx;
   cumem__log("device %d: %s, %zu MiB, granularity %zu KiB, rdma %d, fabric %d, "
-             "posix-fd %d, handles %s",
+             "posix-fd %d, handles %s, NUMA node %d",
              device, d->name, d->total >> 20, d->granularity >> 10, d->rdma,
-             d->fabric, d->posix_fd, cuda_handle_type_name(atomic_load(&d->handle_type)));
+             d->fabric, d->posix_fd, cuda_handle_type_name(atomic_load(&d->handle_type)),
+             d->numa_node);
   atomic_store_explicit(&d->ready, 1, memory_order_release);
   return 0;
 }
@@ -504,6 +527,7 @@ static int cuda_device_info(cumem_backend_t *b, int device, cumem_device_info_t 
   info->rdma = d->rdma;
   info->fabric = d->fabric;
   info->posix_fd = d->posix_fd;
+  info->numa_node = d->numa_node;
   return 0;
 }
 
@@ -748,13 +772,30 @@ static int cuda_event_synchronize(cumem_backend_t *b, void *event) {
   return rc;
 }
 
+/* Page-locking touches no stream, so it is safe while another thread
+ * captures a CUDA graph; but in the default (global) capture mode the
+ * driver refuses it then as "potentially unsafe" (cumem's background
+ * worker pins while vLLM captures its graphs). The calling thread is
+ * relaxed for the call, as PyTorch does around cudaMalloc. */
+static CUstreamCaptureMode cuda_relax_capture(void) {
+  CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+  if (cu.ThreadExchangeStreamCaptureMode(&mode) != CUDA_SUCCESS) mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+  return mode;
+}
+
+static void cuda_restore_capture(CUstreamCaptureMode mode) {
+  if (mode != CU_STREAM_CAPTURE_MODE_RELAXED) (void)cu.ThreadExchangeStreamCaptureMode(&mode);
+}
+
 static int cuda_host_register(cumem_backend_t *b, void *ptr, size_t size) {
   cuda_backend_t *cb = cuda_self(b);
   cuda_scope_t s = CUDA_SCOPE_INIT;
   /* PORTABLE: pinned for every context, whichever one is current here. */
   int rc = cuda_enter_any(cb, &s);
+  CUstreamCaptureMode mode = cuda_relax_capture();
   if (!rc) rc = CUDA_CHECK(cu.MemHostRegister(ptr, size, CU_MEMHOSTREGISTER_PORTABLE),
                            "cuMemHostRegister(ptr=%p, size=%zu)", ptr, size);
+  cuda_restore_capture(mode);
   cuda_leave(&s);
   if (rc == CUMEM_ENOMEM) rc = CUMEM_ENOHOST; /* it is host memory that ran out */
   if (!rc) atomic_fetch_add(&cb->host_registrations, 1);
@@ -765,7 +806,9 @@ static int cuda_host_unregister(cumem_backend_t *b, void *ptr) {
   cuda_backend_t *cb = cuda_self(b);
   cuda_scope_t s = CUDA_SCOPE_INIT;
   int rc = cuda_enter_any(cb, &s);
+  CUstreamCaptureMode mode = cuda_relax_capture();
   if (!rc) rc = CUDA_CHECK(cu.MemHostUnregister(ptr), "cuMemHostUnregister(ptr=%p)", ptr);
+  cuda_restore_capture(mode);
   cuda_leave(&s);
   if (!rc) atomic_fetch_sub(&cb->host_registrations, 1);
   return rc;

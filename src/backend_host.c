@@ -13,7 +13,9 @@
  * Emulation settings: CUMEM_HOST_DEVICES (1), CUMEM_HOST_MEMORY_MB per
  * device (8192), CUMEM_HOST_GRANULARITY_KB (2048, as on an H200), and
  * CUMEM_HOST_POISON=1, which fills new physical memory with 0xA5 instead of
- * zeros (fresh memfd pages read zero, which would hide a missing zeroing). */
+ * zeros (fresh memfd pages read zero, which would hide a missing zeroing),
+ * and CUMEM_HOST_NUMA_NODE, the NUMA node the devices report (default -1,
+ * unknown). */
 #define _GNU_SOURCE /* memfd_create */
 #include "internal.h"
 #include "fingerprint.h"
@@ -51,6 +53,7 @@ typedef struct host {
   int ndevices;
   size_t capacity, granularity;
   int poison;
+  int numa_node;        /* what device_info reports (CUMEM_HOST_NUMA_NODE) */
   size_t used[HOST_MAX_DEVICES];
   ranges_t reservations, mappings, registrations;
   long handles, streams, events;
@@ -113,6 +116,7 @@ static int host_device_info(cumem_backend_t *b, int device, cumem_device_info_t 
   pthread_mutex_unlock(&h->mu);
   info->granularity = h->granularity;
   info->posix_fd = 1; /* handles are memfds */
+  info->numa_node = h->numa_node;
   return 0;
 }
 
@@ -439,6 +443,9 @@ int cumem_backend_host(cumem_backend_t **out) {
   if (h->ndevices > HOST_MAX_DEVICES) h->ndevices = HOST_MAX_DEVICES;
   h->capacity = env_size("CUMEM_HOST_MEMORY_MB", 8192, (size_t)1 << 20);
   h->granularity = env_size("CUMEM_HOST_GRANULARITY_KB", 2048, 1024);
+  /* The NUMA node the emulated devices report (default -1: unknown). */
+  const char *node = getenv("CUMEM_HOST_NUMA_NODE");
+  h->numa_node = node && *node ? atoi(node) : -1;
   const char *poison = getenv("CUMEM_HOST_POISON");
   h->poison = poison && *poison == '1';
   long page = sysconf(_SC_PAGESIZE);

@@ -3,8 +3,12 @@
  * device behind cm->backend. */
 #include "core.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ---- tags ---------------------------------------------------------------- */
 
@@ -125,6 +129,21 @@ int cumem__tag_set(cumem_t *cm, const char *const *names, tag_t ***out, size_t *
   return 0;
 }
 
+int cumem__tag_prepares_ahead(const cumem_t *cm, const tag_t *t) {
+  if (t->opts.backup == CUMEM_BACKUP_DISK) return 0; /* its backup is a file, not host memory */
+  if (t->opts.prepare_ahead != CUMEM_TAG_INHERIT) return t->opts.prepare_ahead;
+  const char *list = cm->ahead_tags;
+  if (!list) return 0;
+  if (strcmp(list, "all") == 0) return 1;
+  size_t n = strlen(t->name);
+  for (const char *p = list; *p;) { /* "a,b,c": is t->name one of them? */
+    size_t len = strcspn(p, ",");
+    if (len == n && strncmp(p, t->name, n) == 0) return 1;
+    p += len + (p[len] == ',');
+  }
+  return 0;
+}
+
 int cumem__tag_in(tag_t *t, tag_t **set, size_t n, int all) {
   if (all) return 1;
   for (size_t i = 0; i < n; i++)
@@ -133,6 +152,34 @@ int cumem__tag_in(tag_t *t, tag_t **set, size_t n, int all) {
 }
 
 /* ---- instances ----------------------------------------------------------- */
+
+/* More than one NUMA node online ("0-1", "0,2"; a single one reads "0"). */
+static int several_numa_nodes(void) {
+  FILE *f = fopen("/sys/devices/system/node/online", "r");
+  char line[256] = "";
+  if (f) {
+    if (!fgets(line, sizeof line, f)) line[0] = '\0';
+    fclose(f);
+  }
+  return strpbrk(line, "-,") != NULL;
+}
+
+/* The options that name strings or files become the instance's own: the
+ * caller's strings need not outlive cumem_open. */
+static int take_option_strings(cumem_t *cm) {
+  const char *ahead = cm->opts.prepare_ahead, *lock = cm->opts.register_lock;
+  cm->opts.prepare_ahead = cm->opts.register_lock = NULL;
+  cm->register_lock_fd = -1;
+  if (ahead && *ahead && !(cm->ahead_tags = strdup(ahead)))
+    return CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for the prepare_ahead option");
+  cm->opts.prepare_ahead = cm->ahead_tags;
+  if (lock) {
+    cm->register_lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+    if (cm->register_lock_fd < 0)
+      return CUMEM_FAIL(CUMEM_EINVAL, "register_lock: cannot open %s: %s", lock, strerror(errno));
+  }
+  return 0;
+}
 
 int cumem_open_backend(cumem_t **out, const cumem_options_t *opts, cumem_backend_t *backend) {
   if (!backend) return CUMEM_FAIL(CUMEM_EINVAL, "no backend given");
@@ -160,16 +207,20 @@ int cumem_open_backend(cumem_t **out, const cumem_options_t *opts, cumem_backend
       rc = CUMEM_FAIL(CUMEM_EDRIVER, "device %d reports granularity 0", d);
     cm->devices[d].known = !rc;
   }
+  if (!rc) rc = take_option_strings(cm);
   if (rc) {
     if (cm) {
       cumem__table_destroy(&cm->table);
+      free(cm->ahead_tags);
       free(cm->disk_dir);
     }
     free(cm);
     backend->destroy(backend);
     return rc;
   }
+  cm->numa_bind = cm->opts.numa == 1 || (cm->opts.numa == -1 && several_numa_nodes());
   cumem__lock_init(&cm->lock);
+  cumem__background_init(cm);
   cm->fork_generation = cumem__fork_generation();
   cumem__log("opened on backend %s with %d device(s)", backend->name, cm->ndevices);
   *out = cm;
@@ -273,6 +324,12 @@ int cumem__unmap_chunk(cumem_t *cm, alloc_t *a, size_t i) {
     a->state[i] = CHUNK_NONE;
   }
   return 0;
+}
+
+int cumem__backup_map(cumem_t *cm, alloc_t *a) {
+  if (a->backup.ptr) return 0;
+  int node = cm->numa_bind ? cm->devices[a->device].info.numa_node : -1;
+  return cumem__hostbuf_map(&a->backup, a->size, cm->opts.copy_chunk, node);
 }
 
 int cumem__is_asleep(const alloc_t *a) { return a->nmapped < a->nchunks || a->backed_up; }
@@ -404,6 +461,11 @@ int cumem_alloc_ex(cumem_t *cm, void **out, size_t size, int device, const char 
     cumem__error_restore(&e);
   } else {
     *out = (void *)a->va;
+    if (cumem__tag_prepares_ahead(cm, t)) { /* pinned once the tag stops growing */
+      a->ahead = AHEAD_WANTED;
+      t->ahead_due = cumem__now() + cm->opts.prepare_ahead_delay_ms * 1e-3;
+      cumem__background_kick(cm);
+    }
   }
   cumem__leave(cm);
   return rc;
@@ -454,7 +516,10 @@ int cumem_free_on_stream(cumem_t *cm, void *ptr, void *stream) {
 
 int cumem_close(cumem_t *cm) {
   if (!cm) return 0;
-  int rc = cumem__enter(cm);
+  int rc = cumem__check_process(cm);
+  if (rc) return rc;
+  cumem__background_stop(cm); /* what it left undone is freed below */
+  rc = cumem__enter(cm);
   if (rc) return rc;
   for (int d = 0; d < cm->ndevices && !rc; d++) rc = cm->backend->synchronize(cm->backend, d);
   if (!rc) {
@@ -481,8 +546,12 @@ int cumem_close(cumem_t *cm) {
     cm->tags = t->next;
     free(t);
   }
+  if (cm->bg.error) cumem__log("close: dropping an unreported background failure (its memory is freed now)");
   cumem__table_destroy(&cm->table);
+  cumem__background_destroy(cm);
   cumem__lock_destroy(&cm->lock);
+  if (cm->register_lock_fd >= 0) close(cm->register_lock_fd);
+  free(cm->ahead_tags);
   free(cm->disk_dir);
   cm->backend->destroy(cm->backend);
   free(cm);
@@ -561,6 +630,7 @@ int cumem_stats(cumem_t *cm, const char *tag, cumem_stats_t *out) {
       if (a->backed_up && !a->disk.filled) out->bytes_skipped += a->skipped; /* host backups only */
       if (a->backed_up && a->disk.filled) out->bytes_on_disk += a->size;
       out->bytes_host_held += cumem__hostbuf_held(&a->backup);
+      out->bytes_host_pinned += a->backup.pinned;
     }
   }
   cumem__leave(cm);

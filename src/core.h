@@ -14,6 +14,7 @@ typedef struct tag {
   struct tag *next;
   char name[CUMEM_TAG_MAX + 1];
   cumem_tag_options_t opts;
+  double ahead_due; /* prepare-ahead of its allocations starts then (cumem__now) */
 } tag_t;
 
 /* The state of one chunk of physical memory. Each step up is one backend
@@ -46,12 +47,20 @@ typedef struct alloc {
   diskfile_t disk;   /* the backup of a disk tag (disk.c), while asleep */
   int backed_up;     /* a backup holds the content (set once copied): the
                         file when disk.filled, else the host backup */
+  int ahead;         /* enum ahead: preparing its backup in the background */
   size_t skipped;    /* bytes of it its sleep did not copy: the host backup
                         held them already (skip unchanged; skip.h) */
   int freeing;       /* a free has begun: only free (a retry) may touch it */
   struct alloc *hash_next;          /* table bucket chain */
   struct alloc *prev, *next;        /* every allocation, oldest first */
 } alloc_t;
+
+/* Prepare-ahead of an allocation's backup by the background worker. */
+enum ahead {
+  AHEAD_NONE,   /* not asked for */
+  AHEAD_WANTED, /* to prepare once its tag's ahead_due has come */
+  AHEAD_DONE,   /* prepared, or taken over by a sleep, a release or a failure */
+};
 
 typedef struct table {
   alloc_t **buckets;
@@ -71,9 +80,29 @@ typedef struct cumem__lock {
   unsigned long next, serving; /* tickets */
 } cumem__lock_t;
 
+/* background.c: the instance's background worker, one thread started on
+ * first need and joined by close. Its work is found in the allocation
+ * table (backups to give back, backups to prepare ahead) and done in small
+ * steps, each under the instance lock. */
+typedef struct cumem__background {
+  pthread_t thread;
+  int started;            /* the thread runs (instance lock) */
+  pthread_mutex_t mu;     /* guards kicked, stop and cv */
+  pthread_cond_t cv;      /* kicked or stop set */
+  int kicked, stop;
+  int held;               /* tests: the thread does no step (instance lock) */
+  int error;              /* first failure not yet reported (instance lock) */
+  cumem__error_save_t detail;
+  double busy_since;      /* for the log: 0 when idle */
+  size_t given_back, prepared; /* bytes, since busy_since */
+} cumem__background_t;
+
 struct cumem {
   cumem_backend_t *backend;
-  cumem_options_t opts;
+  cumem_options_t opts;   /* its strings point into the instance's copies */
+  char *ahead_tags;       /* opts.prepare_ahead, owned */
+  int numa_bind;          /* put backups on their GPU's NUMA node */
+  int register_lock_fd;   /* opts.register_lock opened, or -1 */
   unsigned fork_generation; /* cumem__fork_generation() at open */
   cumem__lock_t lock; /* guards everything below; held across sleep/wake */
   table_t table;
@@ -82,6 +111,7 @@ struct cumem {
   int ndevices;
   device_t devices[CUMEM_MAX_DEVICES];
   alloc_t *limbo;  /* failed allocations whose undo failed: retried later */
+  cumem__background_t bg;
   char *disk_dir;  /* absolute path for disk backups, or NULL (disk.c) */
   hostbuf_t disk_staging; /* disk.c's staging buffers, during a call */
   uint64_t *fp_arena;    /* skip.c: page-locked room for a sleep's */
@@ -125,12 +155,31 @@ size_t cumem__chunk_size(const alloc_t *a, size_t i);
  * tag names are CUMEM_ENOTAG. */
 int cumem__tag_set(cumem_t *cm, const char *const *names, tag_t ***out, size_t *n, int *all);
 int cumem__tag_in(tag_t *t, tag_t **set, size_t n, int all);
+/* Whether t's allocations have their backups prepared ahead (the tag's
+ * option, else the instance's list). */
+int cumem__tag_prepares_ahead(const cumem_t *cm, const tag_t *t);
+/* Map (not yet pin) a's backup buffer, unless it has one. */
+int cumem__backup_map(cumem_t *cm, alloc_t *a);
 
 /* sleep.c: the engine, over a list of allocations. */
 int cumem__engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned char *offload);
 int cumem__engine_wake(cumem_t *cm, alloc_t **list, size_t n);
 int cumem__engine_prepare(cumem_t *cm, alloc_t **list, size_t n);
 
+/* background.c. All but init, stop and destroy need the instance lock. */
+void cumem__background_init(cumem_t *cm);
+/* There is work: start the worker if it is not running, and wake it. */
+void cumem__background_kick(cumem_t *cm);
+/* One step of the most urgent work: 1 if it did one, 0 if nothing is due;
+ * *due (when 0 is returned) is when delayed work comes due (0: none).
+ * ignore_delay: prepare-ahead work is due at once. */
+int cumem__background_step(cumem_t *cm, int ignore_delay, double *due);
+/* The first failure of background work not yet reported (0 if none): its
+ * code, with its detail set on this thread; it is then forgotten. */
+int cumem__background_take_error(cumem_t *cm);
+/* Pre: the lock NOT held. Stop and join the worker (its work stays). */
+void cumem__background_stop(cumem_t *cm);
+void cumem__background_destroy(cumem_t *cm);
 /* skip.c: give back the fingerprint arena where a sleep could not (its
  * unregistration failed); 0 when there is none. close and release_backup
  * call it. */

@@ -28,7 +28,8 @@
  *
  * Pipeline. DISK_SLOTS page-locked staging buffers of copy_chunk bytes
  * each (at most DISK_PIECE_MAX), used in turn, and DISK_IO_THREADS I/O
- * threads. Sleep: the calling thread queues the device-to-staging copy of
+ * threads (the engine's worker pool, pool.c: one item per piece, released
+ * once its buffer is set up). Sleep: the calling thread queues the device-to-staging copy of
  * each piece on its device's stream and hands the buffer to the I/O
  * threads, which wait for that copy and write the buffer to its file, so
  * that copies and several writes are in flight at once. Wake: the I/O
@@ -42,6 +43,7 @@
  */
 #define _GNU_SOURCE /* O_TMPFILE, O_DIRECT, fallocate, mkostemp */
 #include "core.h"
+#include "pool.h"
 #include "cumem_testing.h"
 
 #include <errno.h>
@@ -274,14 +276,13 @@ typedef struct piece {
   size_t off, len;
 } piece_t;
 
-/* One staging buffer. The calling thread owns it while it is not busy; an
- * I/O thread while it is. */
+/* One staging buffer. The calling thread owns it until the transfer of its
+ * piece is released to the I/O threads, and again once that is done. */
 typedef struct slot {
   unsigned char *buf;
   void *event;       /* recorded after the last copy into or out of buf */
   int event_device;  /* the device event was made for */
   int dirty;         /* that copy may still run: wait for event first */
-  int busy;          /* handed to the I/O threads, transfer not done */
   int write;         /* the transfer: buf to file, or file to buf */
   diskfile_t *file;
   size_t off, len;
@@ -295,16 +296,10 @@ typedef struct stager {
   size_t seg;        /* bytes per buffer: a multiple of DISK_ALIGN */
   slot_t slot[DISK_SLOTS];
   void *stream[CUMEM_MAX_DEVICES];
-  /* The I/O threads, and the queue of slots waiting for them. */
-  pthread_mutex_t mu;
-  pthread_cond_t cv; /* a slot queued or done, or closing */
-  int queue[DISK_SLOTS];
-  size_t qhead, qlen;
-  int closing, stop; /* stop: skip what is queued (the call failed) */
-  int error;         /* the I/O threads' first failure, detail below */
-  cumem__error_save_t detail;
-  pthread_t threads[DISK_IO_THREADS];
-  int nthreads;      /* 0: transfers run on the calling thread */
+  /* The I/O threads: the worker pool (pool.c), one item per piece, piece k
+   * in buffer k % DISK_SLOTS, released once that buffer is set up. */
+  cumem__pool_t io;
+  int io_started;
 } stager_t;
 
 /* The transfer of a slot: wait for the copy that last used its buffer, then
@@ -318,63 +313,15 @@ static int slot_transfer(stager_t *s, slot_t *sl) {
   return file_io(sl->file, sl->write, sl->buf, align_up(sl->len), sl->off, s->dir);
 }
 
-/* Keep the first failure of the I/O threads. Pre: s->mu held. */
-static void io_failed(stager_t *s, int rc) {
-  if (rc && !s->error) {
-    s->error = rc;
-    cumem__error_save(&s->detail);
-  }
+/* The pool's task: the transfer of piece k. */
+static int transfer_task(void *ctx, size_t k) {
+  stager_t *s = ctx;
+  return slot_transfer(s, &s->slot[k % DISK_SLOTS]);
 }
 
-static void *io_thread(void *arg) {
-  stager_t *s = arg;
-  pthread_mutex_lock(&s->mu);
-  for (;;) {
-    while (!s->qlen && !s->closing) pthread_cond_wait(&s->cv, &s->mu);
-    if (!s->qlen) break; /* closing, nothing left */
-    int i = s->queue[s->qhead];
-    s->qhead = (s->qhead + 1) % DISK_SLOTS;
-    s->qlen--;
-    int skip = s->stop || s->error;
-    pthread_mutex_unlock(&s->mu);
-    int rc = skip ? 0 : slot_transfer(s, &s->slot[i]);
-    pthread_mutex_lock(&s->mu);
-    io_failed(s, rc);
-    s->slot[i].busy = 0;
-    pthread_cond_broadcast(&s->cv);
-  }
-  pthread_mutex_unlock(&s->mu);
-  return NULL;
-}
-
-/* Hand slot i (its transfer filled in) to the I/O threads. */
-static void dispatch(stager_t *s, int i) {
-  pthread_mutex_lock(&s->mu);
-  if (s->nthreads) {
-    s->slot[i].busy = 1;
-    s->queue[(s->qhead + s->qlen++) % DISK_SLOTS] = i;
-    pthread_cond_broadcast(&s->cv);
-  } else {
-    pthread_mutex_unlock(&s->mu); /* no thread: do it here */
-    int rc = slot_transfer(s, &s->slot[i]);
-    pthread_mutex_lock(&s->mu);
-    io_failed(s, rc);
-  }
-  pthread_mutex_unlock(&s->mu);
-}
-
-/* Wait until slot i is the caller's again; the I/O threads' first failure. */
-static int wait_slot(stager_t *s, int i) {
-  pthread_mutex_lock(&s->mu);
-  while (s->slot[i].busy && !s->error) pthread_cond_wait(&s->cv, &s->mu);
-  int rc = s->error;
-  if (rc) cumem__error_restore(&s->detail);
-  pthread_mutex_unlock(&s->mu);
-  return rc;
-}
-
-/* Page-locked buffers for pieces of at most `largest` bytes, and the I/O
- * threads. Whether or not it succeeds, stager_finish must follow. */
+/* Page-locked buffers for pieces of at most `largest` bytes (the I/O
+ * threads start in stager_run, once the pieces are counted). Whether or not
+ * it succeeds, stager_finish must follow. */
 static int stager_open(stager_t *s, cumem_t *cm, size_t largest) {
   memset(s, 0, sizeof *s);
   s->cm = cm;
@@ -382,18 +329,12 @@ static int stager_open(stager_t *s, cumem_t *cm, size_t largest) {
   size_t piece = cm->opts.copy_chunk < DISK_PIECE_MAX ? cm->opts.copy_chunk : DISK_PIECE_MAX;
   s->seg = align_up(piece < largest ? piece : largest);
   s->mem = &cm->disk_staging;
-  pthread_mutex_init(&s->mu, NULL);
-  pthread_cond_init(&s->cv, NULL);
-  for (int i = 0; i < DISK_IO_THREADS; i++) {
-    if (pthread_create(&s->threads[s->nthreads], NULL, io_thread, s) != 0) break; /* fewer is slower, not wrong */
-    s->nthreads++;
-  }
   /* Buffers an earlier call could not give back go first. */
   int rc = cumem__disk_staging_free(cm);
-  if (!rc) rc = cumem__hostbuf_map(s->mem, DISK_SLOTS * s->seg, s->seg);
+  if (!rc) rc = cumem__hostbuf_map(s->mem, DISK_SLOTS * s->seg, s->seg, -1);
   for (int i = 0; !rc && i < DISK_SLOTS; i++) {
     cumem__hostbuf_touch_segment(s->mem, (size_t)i);
-    rc = cumem__hostbuf_register_segment(cm->backend, s->mem, (size_t)i);
+    rc = cumem__hostbuf_register_segment(cm->backend, s->mem, (size_t)i, cm->register_lock_fd);
     s->slot[i].buf = s->mem->ptr + (size_t)i * s->seg;
   }
   return rc;
@@ -445,11 +386,11 @@ static int stage_out(stager_t *s, const piece_t *pieces, size_t n) {
   int rc = 0;
   for (size_t k = 0; !rc && k < n; k++) {
     int i = (int)(k % DISK_SLOTS);
-    rc = wait_slot(s, i);
+    if (k >= DISK_SLOTS) rc = cumem__pool_wait(&s->io, k - DISK_SLOTS); /* the buffer's last write */
     if (!rc) rc = slot_copy(s, i, &pieces[k], 1);
     if (rc) break;
     slot_set(&s->slot[i], &pieces[k], 1);
-    dispatch(s, i);
+    cumem__pool_release(&s->io, k + 1);
   }
   return rc;
 }
@@ -465,13 +406,12 @@ static int stage_in(stager_t *s, const piece_t *pieces, size_t n) {
      * the pieces read so far that used it. */
     size_t upto = k < n ? (k >= DISK_SLOTS ? k - DISK_SLOTS + 1 : 0) : n;
     for (; !rc && copied < upto; copied++) {
-      rc = wait_slot(s, (int)(copied % DISK_SLOTS));
+      rc = cumem__pool_wait(&s->io, copied); /* read */
       if (!rc) rc = slot_copy(s, (int)(copied % DISK_SLOTS), &pieces[copied], 0);
     }
     if (rc || k == n) break;
-    int i = (int)(k % DISK_SLOTS);
-    slot_set(&s->slot[i], &pieces[k], 0);
-    dispatch(s, i);
+    slot_set(&s->slot[k % DISK_SLOTS], &pieces[k], 0);
+    cumem__pool_release(&s->io, k + 1);
   }
   return rc;
 }
@@ -494,18 +434,8 @@ static int stager_finish(stager_t *s, int rc) {
   cumem_backend_t *b = s->cm->backend;
   cumem__error_save_t e;
   if (rc) cumem__error_save(&e);
-  pthread_mutex_lock(&s->mu);
-  s->closing = 1;
-  s->stop = rc != 0;
-  pthread_cond_broadcast(&s->cv);
-  pthread_mutex_unlock(&s->mu);
-  for (int i = 0; i < s->nthreads; i++) pthread_join(s->threads[i], NULL);
-  if (!rc && s->error) {
-    rc = s->error;
-    e = s->detail;
-  }
-  pthread_mutex_destroy(&s->mu);
-  pthread_cond_destroy(&s->cv);
+  if (s->io_started && rc) cumem__pool_cancel(&s->io); /* the call failed: skip what is left */
+  else if (s->io_started) keep_first(&rc, cumem__pool_join(&s->io), &e);
   int idle = 1;
   for (int d = 0; d < CUMEM_MAX_DEVICES; d++) {
     if (!s->stream[d]) continue;
@@ -534,6 +464,8 @@ static int stager_run(cumem_t *cm, alloc_t **list, size_t n, const unsigned char
     if (which[i]) count += (list[i]->size + st.seg - 1) / st.seg;
   if (!rc && !(pieces = malloc((count ? count : 1) * sizeof *pieces)))
     rc = CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for %zu disk pieces", count);
+  if (!rc) rc = cumem__pool_start_gated(&st.io, transfer_task, &st, count, DISK_IO_THREADS);
+  st.io_started = !rc;
   size_t k = 0;
   for (size_t i = 0; !rc && i < n; i++)
     for (size_t off = 0; which[i] && off < list[i]->size; off += st.seg)

@@ -34,7 +34,7 @@ const char *cumem_err_name(int code) {
 
 const char *cumem_last_error(void) { return last_error; }
 
-int cumem__set_error(int code, const char *file, int line, const char *fmt, ...) {
+int cumem_set_error(int code, const char *file, int line, const char *fmt, ...) {
   const char *base = strrchr(file, '/');
   int n = snprintf(last_error, sizeof last_error, "%s:%d: ", base ? base + 1 : file, line);
   if (n < 0 || (size_t)n >= sizeof last_error) n = 0;

@@ -4,12 +4,30 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #define HUGE_PAGE ((size_t)2 << 20)
+#define MPOL_PREFERRED_ 1 /* <linux/mempolicy.h>; no libnuma dependency */
 
-int cumem__hostbuf_map(hostbuf_t *hb, size_t size, size_t seg) {
+/* Prefer NUMA node `node` for the pages of [p, p + n): a hint, like
+ * MADV_HUGEPAGE — where the kernel refuses, the pages land anywhere. */
+static void prefer_node(void *p, size_t n, int node) {
+#ifdef SYS_mbind
+  unsigned long mask[16] = {0}; /* nodes 0..1023 */
+  if (node < 0 || (size_t)node >= sizeof mask * 8) return;
+  mask[node / (8 * sizeof mask[0])] |= 1ul << (node % (8 * sizeof mask[0]));
+  /* maxnode counts one more than the bits the kernel reads (mbind(2)). */
+  if (syscall(SYS_mbind, p, n, MPOL_PREFERRED_, mask, sizeof mask * 8 + 1, 0) != 0)
+    cumem__log("mbind to NUMA node %d refused (%s); backup placed by the kernel", node, strerror(errno));
+#else
+  (void)p, (void)n, (void)node;
+#endif
+}
+
+int cumem__hostbuf_map(hostbuf_t *hb, size_t size, size_t seg, int numa_node) {
   memset(hb, 0, sizeof *hb);
   if (size == 0 || seg == 0) return CUMEM_FAIL(CUMEM_EINVAL, "empty host buffer");
   hb->nseg = (size + seg - 1) / seg;
@@ -29,6 +47,7 @@ int cumem__hostbuf_map(hostbuf_t *hb, size_t size, size_t seg) {
 #ifdef MADV_HUGEPAGE
   (void)madvise((void *)p, size, MADV_HUGEPAGE); /* a hint: fine if refused */
 #endif
+  if (numa_node >= 0) prefer_node((void *)p, (size + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1), numa_node);
   hb->map_base = base;
   hb->map_size = map_size;
   hb->ptr = (unsigned char *)p;
@@ -42,28 +61,40 @@ size_t cumem__hostbuf_segment_size(const hostbuf_t *hb, size_t i) {
   return hb->size - off < hb->seg ? hb->size - off : hb->seg;
 }
 
-void cumem__hostbuf_touch_segment(hostbuf_t *hb, size_t i) {
+/* Write one byte per page of [off, off + n) of segment i. */
+static void touch_range(hostbuf_t *hb, size_t i, size_t off, size_t n) {
   unsigned char *p = hb->ptr + i * hb->seg;
-  size_t n = cumem__hostbuf_segment_size(hb, i);
-  long page = sysconf(_SC_PAGESIZE);
-  for (size_t off = 0; off < n; off += (size_t)page) p[off] = 0;
+  size_t page = (size_t)sysconf(_SC_PAGESIZE);
+  for (size_t o = off; o < off + n; o += page) p[o] = 0;
 }
 
-int cumem__hostbuf_register_segment(cumem_backend_t *b, hostbuf_t *hb, size_t i) {
+void cumem__hostbuf_touch_segment(hostbuf_t *hb, size_t i) {
+  touch_range(hb, i, 0, cumem__hostbuf_segment_size(hb, i));
+}
+
+int cumem__hostbuf_register_segment(cumem_backend_t *b, hostbuf_t *hb, size_t i, int lock_fd) {
   if (hb->ready[i]) return 0;
-  int rc = b->host_register(b, hb->ptr + i * hb->seg, cumem__hostbuf_segment_size(hb, i));
-  if (!rc) hb->ready[i] = 1;
+  if (lock_fd >= 0) (void)flock(lock_fd, LOCK_EX); /* an experiment: unlocked if refused */
+  size_t n = cumem__hostbuf_segment_size(hb, i);
+  int rc = b->host_register(b, hb->ptr + i * hb->seg, n);
+  if (lock_fd >= 0) (void)flock(lock_fd, LOCK_UN);
+  if (!rc) {
+    hb->ready[i] = 1;
+    hb->pinned += n;
+  }
   return rc;
 }
 
-int cumem__hostbuf_free(cumem_backend_t *b, hostbuf_t *hb) {
-  if (!hb->ptr) return 0;
-  for (size_t i = 0; i < hb->nseg; i++) {
-    if (!hb->ready[i]) continue;
-    int rc = b->host_unregister(b, hb->ptr + i * hb->seg);
-    if (rc) return rc;
+static int unregister_segment(cumem_backend_t *b, hostbuf_t *hb, size_t i) {
+  int rc = b->host_unregister(b, hb->ptr + i * hb->seg);
+  if (!rc) {
     hb->ready[i] = 0;
+    hb->pinned -= cumem__hostbuf_segment_size(hb, i);
   }
+  return rc;
+}
+
+static int unmap(hostbuf_t *hb) {
   if (munmap(hb->map_base, hb->map_size) != 0)
     return CUMEM_FAIL(CUMEM_ENOHOST, "munmap of host backup failed: %s", strerror(errno));
   free(hb->ready);
@@ -72,85 +103,47 @@ int cumem__hostbuf_free(cumem_backend_t *b, hostbuf_t *hb) {
   return 0;
 }
 
+int cumem__hostbuf_free(cumem_backend_t *b, hostbuf_t *hb) {
+  if (!hb->ptr) return 0;
+  for (size_t i = 0; i < hb->nseg; i++) {
+    int rc = hb->ready[i] ? unregister_segment(b, hb, i) : 0;
+    if (rc) return rc;
+  }
+  return unmap(hb);
+}
+
 size_t cumem__hostbuf_held(const hostbuf_t *hb) { return hb->ptr ? hb->size : 0; }
 
-/* ---- the preparer pool ----
- * Workers only touch: that is where the kernel allocates and zeroes pages,
- * and it scales with threads. Registration happens on the consumer's thread,
- * right before the segment's copy: measured on an H200, registrations from
- * worker threads stalled the consumer's own driver calls (releasing the
- * copied allocations took 549 ms instead of 40), so they go one at a time
- * between the copies, which run on the device meanwhile. Registering is
- * the slow part of a cold sleep (about 40 GB/s in an H200 VM, where the
- * hypervisor pins pages for DMA) and more threads do not speed it up
- * (bench/RESULTS.md); the way around it is to prepare a backup ahead. */
-
-static void *prep_worker(void *arg) {
-  preparer_t *p = arg;
-  pthread_mutex_lock(&p->mu);
-  while (p->next < p->njobs) {
-    size_t k = p->next++;
-    pthread_mutex_unlock(&p->mu);
-    cumem__hostbuf_touch_segment(p->jobs[k].hb, p->jobs[k].seg);
-    pthread_mutex_lock(&p->mu);
-    p->touched[k] = 1;
-    pthread_cond_broadcast(&p->cv);
+int cumem__hostbuf_prepare_step(cumem_backend_t *b, hostbuf_t *hb, size_t bytes, int lock_fd, int *done) {
+  *done = 0;
+  if (hb->step_seg >= hb->nseg || hb->ready[hb->step_seg]) { /* moved on, or a sleep did it */
+    hb->step_seg = 0;
+    hb->step_off = 0;
+    while (hb->step_seg < hb->nseg && hb->ready[hb->step_seg]) hb->step_seg++;
+    if (hb->step_seg == hb->nseg) {
+      *done = 1;
+      return 0;
+    }
   }
-  pthread_mutex_unlock(&p->mu);
-  return NULL;
+  size_t i = hb->step_seg, n = cumem__hostbuf_segment_size(hb, i);
+  if (hb->step_off < n) {
+    size_t piece = n - hb->step_off < bytes ? n - hb->step_off : bytes;
+    touch_range(hb, i, hb->step_off, piece);
+    hb->step_off += piece;
+    return 0;
+  }
+  return cumem__hostbuf_register_segment(b, hb, i, lock_fd); /* the next step moves on */
 }
 
-int cumem__preparer_start(preparer_t *p, cumem_backend_t *b, prep_job_t *jobs, size_t njobs, int threads) {
-  memset(p, 0, sizeof *p);
-  p->backend = b;
-  p->jobs = jobs;
-  p->njobs = njobs;
-  if (njobs == 0) return 0;
-  if ((size_t)threads > njobs) threads = (int)njobs;
-  if (threads < 1) threads = 1;
-  p->touched = calloc(njobs, 1);
-  p->threads = calloc((size_t)threads, sizeof *p->threads);
-  if (!p->touched || !p->threads) {
-    free(p->touched);
-    free(p->threads);
-    memset(p, 0, sizeof *p);
-    return CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for the backup preparer");
+int cumem__hostbuf_give_back_step(cumem_backend_t *b, hostbuf_t *hb, int *done) {
+  *done = 0;
+  if (!hb->ptr) {
+    *done = 1;
+    return 0;
   }
-  pthread_mutex_init(&p->mu, NULL);
-  pthread_cond_init(&p->cv, NULL);
-  for (int i = 0; i < threads; i++) {
-    if (pthread_create(&p->threads[i], NULL, prep_worker, p) != 0) break; /* fewer is slower, not wrong */
-    p->nthreads++;
-  }
-  if (p->nthreads == 0) cumem__log("no preparer threads could start; touching inline");
-  return 0;
-}
-
-int cumem__preparer_wait(preparer_t *p, size_t k) {
-  if (p->nthreads == 0) {
-    cumem__hostbuf_touch_segment(p->jobs[k].hb, p->jobs[k].seg);
-  } else {
-    pthread_mutex_lock(&p->mu);
-    while (!p->touched[k]) pthread_cond_wait(&p->cv, &p->mu);
-    pthread_mutex_unlock(&p->mu);
-  }
-  double t0 = cumem__now();
-  int rc = cumem__hostbuf_register_segment(p->backend, p->jobs[k].hb, p->jobs[k].seg);
-  p->t_register += cumem__now() - t0;
+  for (size_t i = hb->nseg; i-- > 0;)
+    if (hb->ready[i]) return unregister_segment(b, hb, i);
+  int rc = unmap(hb);
+  *done = !rc;
   return rc;
-}
-
-void cumem__preparer_finish(preparer_t *p) {
-  if (p->njobs == 0) return;
-  if (p->nthreads) {
-    pthread_mutex_lock(&p->mu);
-    p->next = p->njobs; /* hand out nothing more */
-    pthread_mutex_unlock(&p->mu);
-    for (int i = 0; i < p->nthreads; i++) pthread_join(p->threads[i], NULL);
-    pthread_mutex_destroy(&p->mu);
-    pthread_cond_destroy(&p->cv);
-  }
-  free(p->touched);
-  free(p->threads);
-  memset(p, 0, sizeof *p);
 }

@@ -8,17 +8,12 @@
 #include <stdarg.h>
 #include <time.h>
 
-/* Internal symbols that libcumem.so exports for the library's own companions
- * built from this tree (the LD_PRELOAD interposer in preload/), so that their
- * failures land in the same per-thread detail. Not API: no stability promise. */
-#define CUMEM_INTERNAL_EXPORT __attribute__((visibility("default")))
-
-/* Record this thread's error detail ("<file>:<line>: <message>") and return
- * code, so that a failure reads `return CUMEM_FAIL(CUMEM_EINVAL, "...", ...)`. */
-CUMEM_INTERNAL_EXPORT int cumem__set_error(int code, const char *file, int line, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+/* A failure reads `return CUMEM_FAIL(CUMEM_EINVAL, "...", ...)`: it records
+ * this thread's detail ("<file>:<line>: <message>") with cumem_set_error
+ * (public in cumem_backend.h, for backends and companions such as the
+ * LD_PRELOAD interposer) and returns the code. */
 #define CUMEM_FAIL(code, ...) \
-  cumem__set_error((code), __FILE__, __LINE__, __VA_ARGS__)
+  cumem_set_error((code), __FILE__, __LINE__, __VA_ARGS__)
 
 /* Save and restore this thread's detail around clean-up code, so that the
  * first failure's detail is the one the caller sees. */

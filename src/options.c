@@ -50,6 +50,12 @@ void cumem_options_init(cumem_options_t *opts) {
   if (opts->host_threads < 1) opts->host_threads = 1;
   opts->release_threads = (int)env_int("CUMEM_RELEASE_THREADS", 4);
   if (opts->release_threads < 1) opts->release_threads = 1;
+  opts->prepare_ahead = getenv("CUMEM_PREPARE_AHEAD");
+  opts->prepare_ahead_delay_ms = (int)env_int("CUMEM_PREPARE_AHEAD_DELAY_MS", 1000);
+  const char *numa = getenv("CUMEM_NUMA");
+  opts->numa = !numa || !*numa || !strcmp(numa, "auto") ? -1 : env_int("CUMEM_NUMA", 1) != 0;
+  const char *lock = getenv("CUMEM_REGISTER_LOCK");
+  opts->register_lock = lock && *lock ? lock : NULL;
   opts->skip_unchanged = env_int("CUMEM_SKIP_UNCHANGED", SKIP_UNCHANGED_DEFAULT) != 0;
   const char *disk_dir = getenv("CUMEM_DISK_DIR"); /* checked at open (disk.c) */
   opts->disk_dir = disk_dir && *disk_dir ? disk_dir : NULL;

@@ -27,6 +27,7 @@
  *      kept.
  */
 #include "core.h"
+#include "pool.h"
 #include "skip.h"
 
 #include <stdlib.h>
@@ -67,10 +68,14 @@ static int release_alloc_memory(cumem_t *cm, alloc_t *a) {
   return 0;
 }
 
-/* Map a host buffer for a's backup, unless one is already there. */
-static int ensure_backup_buffer(cumem_t *cm, alloc_t *a) {
-  if (a->backup.ptr) return 0;
-  return cumem__hostbuf_map(&a->backup, a->size, cm->opts.copy_chunk);
+/* A host segment to prepare: first-touched by the pool, registered by the
+ * thread that copies into it. */
+typedef struct prep_job { hostbuf_t *hb; size_t seg; } prep_job_t;
+
+static int touch_job(void *jobs, size_t k) {
+  prep_job_t *j = (prep_job_t *)jobs + k;
+  cumem__hostbuf_touch_segment(j->hb, j->seg);
+  return 0;
 }
 
 /* The segments of the listed allocations' backups still to prepare. */
@@ -79,8 +84,9 @@ static int collect_jobs(cumem_t *cm, alloc_t **list, size_t n, const unsigned ch
   size_t njobs = 0;
   for (size_t i = 0; i < n; i++) {
     if (!want[i]) continue;
-    int rc = ensure_backup_buffer(cm, list[i]);
+    int rc = cumem__backup_map(cm, list[i]);
     if (rc) return rc;
+    list[i]->backup.give_back = 0; /* the background worker's to give back: taken back */
     for (size_t s = 0; s < list[i]->backup.nseg; s++) njobs += !list[i]->backup.ready[s];
   }
   prep_job_t *jobs = calloc(njobs ? njobs : 1, sizeof *jobs);
@@ -97,21 +103,41 @@ static int collect_jobs(cumem_t *cm, alloc_t **list, size_t n, const unsigned ch
   return 0;
 }
 
+/* Job k touched (by the pool, or here), then registered on this thread, the
+ * one that copies: registrations from the pool's threads stalled the
+ * copying thread's driver calls on an H200 (releasing the copied
+ * allocations took 549 ms instead of 40), so they go one at a time between
+ * the copies, which run on the device meanwhile. Registering is the slow
+ * part of a cold sleep (about 40 GB/s in an H200 VM, where the hypervisor
+ * pins pages for DMA) and more threads do not speed it up
+ * (bench/RESULTS.md); the way around it is to prepare a backup ahead. */
+static int prepare_job(cumem_t *cm, cumem__pool_t *pool, prep_job_t *jobs, size_t k, double *t_register) {
+  int rc = cumem__pool_wait(pool, k);
+  double t0 = cumem__now();
+  if (!rc) rc = cumem__hostbuf_register_segment(cm->backend, jobs[k].hb, jobs[k].seg, cm->register_lock_fd);
+  *t_register += cumem__now() - t0;
+  return rc;
+}
+
 int cumem__engine_prepare(cumem_t *cm, alloc_t **list, size_t n) {
-  unsigned char *want = malloc(n ? n : 1);
+  unsigned char *want = calloc(n ? n : 1, 1);
   size_t *first = malloc((n ? n : 1) * sizeof *first);
   prep_job_t *jobs = NULL;
   size_t njobs = 0;
+  double t0 = cumem__now(), t_register = 0;
   int rc = want && first ? 0 : CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory");
   if (!rc) {
     for (size_t i = 0; i < n; i++) want[i] = !cumem__backs_up_to_disk(list[i]); /* no host copy */
     rc = collect_jobs(cm, list, n, want, &jobs, &njobs, first);
   }
-  preparer_t prep;
-  if (!rc) rc = cumem__preparer_start(&prep, cm->backend, jobs, njobs, cm->opts.host_threads);
+  for (size_t i = 0; !rc && i < n; i++) list[i]->ahead = AHEAD_DONE; /* done here, not in the background */
+  cumem__pool_t pool;
+  if (!rc) rc = cumem__pool_start(&pool, touch_job, jobs, njobs, cm->opts.host_threads);
   if (!rc) {
-    for (size_t k = 0; k < njobs && !rc; k++) rc = cumem__preparer_wait(&prep, k);
-    cumem__preparer_finish(&prep);
+    for (size_t k = 0; k < njobs && !rc; k++) rc = prepare_job(cm, &pool, jobs, k, &t_register);
+    cumem__pool_cancel(&pool);
+    cumem__log("prepared %zu host segments in %.1f ms (%.1f ms of it registering)", njobs,
+               (cumem__now() - t0) * 1e3, t_register * 1e3);
   }
   free(jobs);
   free(first);
@@ -119,58 +145,14 @@ int cumem__engine_prepare(cumem_t *cm, alloc_t **list, size_t n) {
   return rc;
 }
 
-/* Threads that release the discarded allocations of a sleep while its
+/* The discarded allocations of a sleep, released by the pool while the
  * copies run: releasing 32 GiB takes the driver tens of milliseconds, which
- * would otherwise come after the copies. Each allocation is released by one
- * thread; the first failure stops the others. */
-typedef struct releaser {
-  cumem_t *cm;
-  alloc_t **list;
-  size_t n, next;
-  int error;
-  cumem__error_save_t detail;
-  pthread_mutex_t mu;
-  pthread_t threads[16];
-  int nthreads;
-} releaser_t;
+ * would otherwise come after the copies. */
+typedef struct discards { cumem_t *cm; alloc_t **list; } discards_t;
 
-static void *release_worker(void *arg) {
-  releaser_t *r = arg;
-  pthread_mutex_lock(&r->mu);
-  while (!r->error && r->next < r->n) {
-    alloc_t *a = r->list[r->next++];
-    pthread_mutex_unlock(&r->mu);
-    int rc = release_alloc_memory(r->cm, a);
-    pthread_mutex_lock(&r->mu);
-    if (rc && !r->error) {
-      r->error = rc;
-      cumem__error_save(&r->detail);
-    }
-  }
-  pthread_mutex_unlock(&r->mu);
-  return NULL;
-}
-
-static void releaser_start(releaser_t *r, cumem_t *cm, alloc_t **list, size_t n) {
-  memset(r, 0, sizeof *r);
-  r->cm = cm;
-  r->list = list;
-  r->n = n;
-  pthread_mutex_init(&r->mu, NULL);
-  int most = (int)(sizeof r->threads / sizeof r->threads[0]);
-  int want = cm->opts.release_threads > most ? most : cm->opts.release_threads;
-  for (int i = 0; i < want && (size_t)i < n; i++)
-    if (pthread_create(&r->threads[r->nthreads], NULL, release_worker, r) == 0) r->nthreads++;
-}
-
-/* Join the workers (releasing here whatever no worker took) and return the
- * first failure, with its detail in this thread. */
-static int releaser_finish(releaser_t *r) {
-  release_worker(r);
-  for (int i = 0; i < r->nthreads; i++) pthread_join(r->threads[i], NULL);
-  pthread_mutex_destroy(&r->mu);
-  if (r->error) cumem__error_restore(&r->detail);
-  return r->error;
+static int release_job(void *ctx, size_t i) {
+  discards_t *d = ctx;
+  return release_alloc_memory(d->cm, d->list[i]);
 }
 
 /* An allocation whose copies are queued and whose release waits for them. */
@@ -215,18 +197,21 @@ int cumem__engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned ch
   unsigned char *copy = calloc(n ? n : 1, 1);
   size_t *first = calloc(n ? n : 1, sizeof *first);
   if (!copy || !first) rc = CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory");
-  for (size_t i = 0; !rc && i < n; i++)
+  for (size_t i = 0; !rc && i < n; i++) {
     copy[i] = offload[i] && !cumem__is_asleep(list[i]);
+    list[i]->ahead = AHEAD_DONE; /* this sleep takes over from the background */
+  }
   /* Disk backups first; those written leave `copy` and go with the discards. */
   if (!rc) rc = cumem__disk_sleep(cm, list, n, copy);
   prep_job_t *jobs = NULL;
   size_t njobs = 0;
+  double t_register = 0;
   if (!rc) rc = collect_jobs(cm, list, n, copy, &jobs, &njobs, first);
-  preparer_t prep;
-  int prep_started = 0;
+  cumem__pool_t touchers;
+  int touching = 0;
   if (!rc) {
-    rc = cumem__preparer_start(&prep, b, jobs, njobs, cm->opts.host_threads);
-    prep_started = !rc;
+    rc = cumem__pool_start(&touchers, touch_job, jobs, njobs, cm->opts.host_threads);
+    touching = !rc;
   }
   /* Discarded (or already backed up) allocations go at once, on threads. */
   alloc_t **discard = rc ? NULL : malloc((n ? n : 1) * sizeof *discard);
@@ -234,9 +219,13 @@ int cumem__engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned ch
   if (!rc && !discard) rc = CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory");
   for (size_t i = 0; !rc && i < n; i++)
     if (!copy[i]) discard[ndiscard++] = list[i];
-  releaser_t rel;
-  int rel_started = !rc && ndiscard > 0;
-  if (rel_started) releaser_start(&rel, cm, discard, ndiscard);
+  discards_t discards = {cm, discard};
+  cumem__pool_t releasers;
+  int releasing = 0;
+  if (!rc && ndiscard > 0) {
+    rc = cumem__pool_start(&releasers, release_job, &discards, ndiscard, cm->opts.release_threads);
+    releasing = !rc;
+  }
   skip_t sk; /* fingerprints, queued now (none after a failure) */
   int rc_skip = cumem__skip_begin(&sk, cm, list, rc ? 0 : n, copy);
   if (!rc) rc = rc_skip;
@@ -257,7 +246,7 @@ int cumem__engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned ch
       /* Segments prepared by this call are waited for; others were ready. */
       if (k < njobs && jobs[k].hb == &a->backup && jobs[k].seg == s) {
         double t1 = cumem__now();
-        rc = cumem__preparer_wait(&prep, k++);
+        rc = prepare_job(cm, &touchers, jobs, k++, &t_register);
         t_wait += cumem__now() - t1;
       }
       if (!rc && (!changed || changed[s]))
@@ -290,9 +279,9 @@ int cumem__engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned ch
   /* Never return while copies into host memory are still running. */
   cumem__error_save_t e;
   cumem__error_save(&e);
-  if (rel_started) {
+  if (releasing) {
     double t1 = cumem__now();
-    int rc3 = releaser_finish(&rel);
+    int rc3 = cumem__pool_join(&releasers);
     t_discards = cumem__now() - t1;
     if (!rc && rc3) {
       rc = rc3;
@@ -303,8 +292,7 @@ int cumem__engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned ch
   skip_t sk_log = sk; /* its figures, for the log */
   int rc_end = cumem__skip_end(&sk);
   if (!rc2) rc2 = rc_end;
-  double t_register = prep_started ? prep.t_register : 0;
-  if (prep_started) cumem__preparer_finish(&prep);
+  if (touching) cumem__pool_cancel(&touchers);
   if (rc) cumem__error_restore(&e); else rc = rc2;
   cumem__log("sleep of %zu allocations: %.1f ms device sync, %.1f ms preparing %zu host segments "
              "(%.1f ms of it registering), %.1f ms waiting for copies, %.1f ms releasing copied ones, "
@@ -352,7 +340,6 @@ static int queue_restore(cumem_t *cm, streams_t *st, alloc_t *a) {
 }
 
 int cumem__engine_wake(cumem_t *cm, alloc_t **list, size_t n) {
-  cumem_backend_t *b = cm->backend;
   size_t cap = 0;
   for (size_t i = 0; i < n; i++) cap += list[i]->nchunks - list[i]->nmapped;
   /* (chunks already READY are neither mapped nor undone here) */
@@ -389,13 +376,19 @@ int cumem__engine_wake(cumem_t *cm, alloc_t **list, size_t n) {
         cumem__log("could not undo a mapping of a failed wake; it stays mapped");
     cumem__error_restore(&e);
   } else {
+    /* Without retention the backups go back in the background: the wake
+     * is done once the content is restored. */
+    int give_back = 0;
     for (size_t i = 0; i < n; i++) {
       alloc_t *a = list[i];
       a->backed_up = 0;
       cumem__disk_close(&a->disk); /* disk backups are never retained */
-      if (!cm->opts.retain_backup && cumem__hostbuf_free(b, &a->backup) != 0)
-        cumem__log("could not give back a host backup after wake; it stays held");
+      if (!cm->opts.retain_backup && a->backup.ptr) {
+        a->backup.filled = 0;
+        a->backup.give_back = give_back = 1;
+      }
     }
+    if (give_back) cumem__background_kick(cm);
   }
   free(undo);
   return rc;
@@ -431,7 +424,8 @@ int cumem_sleep(cumem_t *cm, const char *const *tags, const char *const *offload
   int all = 0, off_all = 0;
   alloc_t **list = NULL;
   unsigned char *offload = NULL;
-  rc = cumem__tag_set(cm, tags, &set, &nset, &all);
+  rc = cumem__background_take_error(cm);
+  if (!rc) rc = cumem__tag_set(cm, tags, &set, &nset, &all);
   if (!rc && offload_tags) rc = cumem__tag_set(cm, offload_tags, &off, &noff, &off_all);
   if (!rc) rc = select_allocs(cm, set, nset, all, 0, &list, &n);
   if (!rc && !(offload = calloc(n ? n : 1, 1))) rc = CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory");
@@ -446,7 +440,9 @@ int cumem_sleep(cumem_t *cm, const char *const *tags, const char *const *offload
   return rc;
 }
 
-/* Wake (or prepare) the allocations of a tag list. */
+/* Wake (or prepare, or release) the allocations of a tag list: those asleep,
+ * or those holding memory. A failure of background work not yet reported is
+ * reported instead. */
 static int run_on_tags(cumem_t *cm, const char *const *tags, int asleep_ones,
                        int (*engine)(cumem_t *, alloc_t **, size_t)) {
   int rc = cumem__enter(cm);
@@ -455,7 +451,8 @@ static int run_on_tags(cumem_t *cm, const char *const *tags, int asleep_ones,
   size_t nset = 0, n = 0;
   int all = 0;
   alloc_t **list = NULL;
-  rc = cumem__tag_set(cm, tags, &set, &nset, &all);
+  rc = cumem__background_take_error(cm);
+  if (!rc) rc = cumem__tag_set(cm, tags, &set, &nset, &all);
   if (!rc) rc = select_allocs(cm, set, nset, all, asleep_ones, &list, &n);
   if (!rc) rc = engine(cm, list, n);
   cumem__leave(cm);
@@ -479,6 +476,7 @@ static int release_backups(cumem_t *cm, alloc_t **list, size_t n) {
   if (rc) return rc;
   for (size_t i = 0; i < n; i++) {
     if (list[i]->backed_up) continue; /* still holds a sleeping content */
+    list[i]->ahead = AHEAD_DONE;
     rc = cumem__hostbuf_free(cm->backend, &list[i]->backup);
     if (rc) return rc;
   }
@@ -488,6 +486,47 @@ static int release_backups(cumem_t *cm, alloc_t **list, size_t n) {
 int cumem_release_backup(cumem_t *cm, const char *const *tags) {
   if (!cm) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_release_backup: instance is NULL");
   return run_on_tags(cm, tags, 0, release_backups);
+}
+
+/* Mark for the background worker: give back what is not backing up a
+ * sleeping content. */
+static int release_backups_async(cumem_t *cm, alloc_t **list, size_t n) {
+  int queued = 0;
+  for (size_t i = 0; i < n; i++) {
+    alloc_t *a = list[i];
+    if (a->backed_up || !a->backup.ptr) continue;
+    a->ahead = AHEAD_DONE;
+    a->backup.filled = 0; /* the view goes with it (cumem_backup_view) */
+    a->backup.give_back = queued = 1;
+  }
+  if (queued) cumem__background_kick(cm);
+  return 0;
+}
+
+int cumem_release_backup_async(cumem_t *cm, const char *const *tags) {
+  if (!cm) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_release_backup_async: instance is NULL");
+  return run_on_tags(cm, tags, 0, release_backups_async);
+}
+
+/* Mark for the background worker, due now: prepare the backups of awake
+ * allocations whose content no backup holds. */
+static int prepare_backups_async(cumem_t *cm, alloc_t **list, size_t n) {
+  int queued = 0;
+  for (size_t i = 0; i < n; i++) {
+    alloc_t *a = list[i];
+    if (a->backed_up || cumem__is_asleep(a) || cumem__backs_up_to_disk(a)) continue; /* no host backup */
+    a->backup.give_back = 0;
+    a->ahead = AHEAD_WANTED;
+    a->tag->ahead_due = 0;
+    queued = 1;
+  }
+  if (queued) cumem__background_kick(cm);
+  return 0;
+}
+
+int cumem_prepare_backup_async(cumem_t *cm, const char *const *tags) {
+  if (!cm) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_prepare_backup_async: instance is NULL");
+  return run_on_tags(cm, tags, 0, prepare_backups_async);
 }
 
 /* One allocation, for the seed ABI. */

@@ -341,9 +341,11 @@ TEST(backups_are_retained_or_released_as_asked) {
   CHECK_OK(cumem_release_backup(cm, W)); /* a sleeping content is never dropped */
   CHECK_OK(cumem_stats(cm, "w", &s));
   CHECK(s.bytes_host_held == n);
-  CHECK_OK(cumem_wake(cm, NULL));
+  CHECK_OK(cumem_wake(cm, NULL)); /* the backup goes back in the background */
+  CHECK_RC(cumem_backup_view(cm, w, &view, &len), CUMEM_ENOTFOUND); /* at once */
+  CHECK_OK(cumem_drain(cm));
   CHECK_OK(cumem_stats(cm, "w", &s));
-  CHECK(s.bytes_host_held == 0);
+  CHECK(s.bytes_host_held == 0 && s.bytes_host_pinned == 0);
   CHECK(has_pattern(cm, w, n, 9));
   cumem_backend_counters_t c;
   CHECK_OK(cumem_backend_counters(cm, &c));

@@ -158,6 +158,7 @@ static void global_step(stress_t *st, worker_t *self) {
   }
   names[k] = offn[ko] = NULL;
   int rc = wake ? cumem_wake(st->cm, all ? NULL : names) : cumem_sleep(st->cm, all ? NULL : names, offn);
+  if (m_drain_after_wake(&self->m, wake, rc)) rc = -1; /* no faults here: giving back must work */
   atomic_fetch_add(&st->global_ops, 1);
   for (int i = 0; i < st->nw; i++) {
     model_t *m = &st->w[i].m;

@@ -1,7 +1,12 @@
-/* Sizes with units (src/units.c), table-driven: what is accepted, what each
- * refusal says, and that nothing wraps or saturates. */
+/* Internal pieces on their own: sizes with units (src/units.c),
+ * table-driven: what is accepted, what each refusal says, and that nothing
+ * wraps or saturates; the worker pool (src/pool.c). */
 #include "harness.h"
 #include "../src/internal.h"
+#include "../src/pool.h"
+
+#include <sched.h>
+#include <unistd.h>
 
 #include <stdint.h>
 
@@ -61,4 +66,88 @@ TEST(sizes_parse_or_are_refused_with_a_reason) {
   }
 }
 
-RUN_TESTS("units", T(sizes_parse_or_are_refused_with_a_reason))
+/* ---- the worker pool ---- */
+
+#define ITEMS 200
+
+typedef struct work {
+  int runs[ITEMS]; /* times each item ran */
+  long fail_at;    /* the item that fails, or -1 */
+} work_t;
+
+static int task(void *ctx, size_t i) {
+  work_t *w = ctx;
+  if (i % 7 == 0) sched_yield(); /* shuffle the threads a little */
+  __atomic_add_fetch(&w->runs[i], 1, __ATOMIC_RELAXED);
+  if ((long)i == w->fail_at) return CUMEM_FAIL(CUMEM_EDRIVER, "item %zu failed", i);
+  return 0;
+}
+
+TEST(pool_runs_every_item_once_and_waits_in_order) {
+  for (int threads = 0; threads <= 5; threads++) {
+    work_t w = {.fail_at = -1};
+    cumem__pool_t p;
+    CHECK_OK(cumem__pool_start(&p, task, &w, ITEMS, threads));
+    for (size_t k = 0; k < ITEMS; k += 3) {
+      CHECK_OK(cumem__pool_wait(&p, k));
+      CHECK(__atomic_load_n(&w.runs[k], __ATOMIC_RELAXED) == 1); /* finished when wait returns */
+    }
+    CHECK_OK(cumem__pool_join(&p));
+    for (size_t i = 0; i < ITEMS; i++) CHECK(w.runs[i] == 1);
+  }
+}
+
+TEST(pool_stops_at_the_first_failure_and_reports_it) {
+  for (int threads = 0; threads <= 4; threads++) {
+    work_t w = {.fail_at = 50};
+    cumem__pool_t p;
+    CHECK_OK(cumem__pool_start(&p, task, &w, ITEMS, threads));
+    (void)cumem__pool_wait(&p, 10); /* 0, or item 50's failure if that came first */
+    CHECK(w.runs[10] == 1);
+    int rc = cumem__pool_wait(&p, ITEMS - 1); /* never runs: the pool stopped */
+    CHECK(rc == CUMEM_EDRIVER);
+    cumem_set_error(CUMEM_EINVAL, "here", 1, "something else"); /* join restores the cause */
+    CHECK_RC(cumem__pool_join(&p), CUMEM_EDRIVER);
+    CHECK(strstr(cumem_last_error(), "item 50 failed"));
+    int ran = 0;
+    for (size_t i = 0; i < ITEMS; i++) {
+      CHECK(w.runs[i] <= 1);
+      ran += w.runs[i];
+    }
+    CHECK(w.runs[50] == 1);
+    if (threads == 0) CHECK(ran == 51); /* in order on this thread: none after the failure */
+  }
+}
+
+TEST(pool_cancel_skips_what_was_not_taken) {
+  work_t w = {.fail_at = -1};
+  cumem__pool_t p;
+  CHECK_OK(cumem__pool_start(&p, task, &w, ITEMS, 0)); /* no threads: nothing runs by itself */
+  CHECK_OK(cumem__pool_wait(&p, 4));
+  cumem__pool_cancel(&p);
+  for (size_t i = 0; i < ITEMS; i++) CHECK(w.runs[i] == (i <= 4));
+}
+
+/* A gated pool runs only what was released (the disk tier releases a
+ * piece once its buffer is filled). */
+TEST(pool_gated_runs_only_released_items) {
+  for (int threads = 0; threads <= 4; threads++) {
+    work_t w = {.fail_at = -1};
+    cumem__pool_t p;
+    CHECK_OK(cumem__pool_start_gated(&p, task, &w, ITEMS, threads));
+    for (size_t upto = 10; upto <= 100; upto += 10) {
+      cumem__pool_release(&p, upto);
+      if (upto % 20 == 0) CHECK_OK(cumem__pool_wait(&p, upto - 1));
+      usleep(200);
+      for (size_t i = upto; i < ITEMS; i++) CHECK(__atomic_load_n(&w.runs[i], __ATOMIC_RELAXED) == 0);
+    }
+    CHECK_OK(cumem__pool_wait(&p, 150)); /* waiting releases up to the item */
+    for (size_t i = 151; i < ITEMS; i++) CHECK(__atomic_load_n(&w.runs[i], __ATOMIC_RELAXED) == 0);
+    CHECK_OK(cumem__pool_join(&p)); /* releases the rest */
+    for (size_t i = 0; i < ITEMS; i++) CHECK(w.runs[i] == 1);
+  }
+}
+
+RUN_TESTS("units", T(sizes_parse_or_are_refused_with_a_reason), T(pool_runs_every_item_once_and_waits_in_order),
+          T(pool_stops_at_the_first_failure_and_reports_it), T(pool_cancel_skips_what_was_not_taken),
+          T(pool_gated_runs_only_released_items))

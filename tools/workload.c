@@ -96,11 +96,14 @@ static void expected(uint64_t *dst, const uint64_t *block, unsigned seed, size_t
 int workload_fill(cumem_t *cm, const workload_t *w, unsigned seed) {
   uint64_t *block = make_block(seed), *buf = malloc(STAGE);
   int rc = block && buf ? 0 : CUMEM_ENOHOST;
+  size_t done = 0;
   for (size_t t = 0; !rc && t < w->n; t++)
     for (size_t off = 0; !rc && off < w->size[t]; off += STAGE) {
       size_t n = w->size[t] - off < STAGE ? w->size[t] - off : STAGE;
       expected(buf, block, seed, t, off, n);
       rc = cumem_copy_to_device(cm, (char *)w->ptr[t] + off, buf, n);
+      done += n;
+      tool_progress_fraction(done, w->total);
     }
   free(block);
   free(buf);
@@ -110,6 +113,7 @@ int workload_fill(cumem_t *cm, const workload_t *w, unsigned seed) {
 int workload_check(cumem_t *cm, const workload_t *w, unsigned seed, size_t *bad_bytes) {
   uint64_t *block = make_block(seed), *got = malloc(STAGE), *want = malloc(STAGE);
   int rc = block && got && want ? 0 : CUMEM_ENOHOST;
+  size_t done = 0;
   *bad_bytes = 0;
   for (size_t t = 0; !rc && t < w->n; t++)
     for (size_t off = 0; !rc && off < w->size[t]; off += STAGE) {
@@ -120,6 +124,8 @@ int workload_check(cumem_t *cm, const workload_t *w, unsigned seed, size_t *bad_
         const unsigned char *a = (const unsigned char *)got, *b = (const unsigned char *)want;
         for (size_t i = 0; i < n; i++) *bad_bytes += a[i] != b[i];
       }
+      done += n;
+      tool_progress_fraction(done, w->total);
     }
   free(block);
   free(got);

@@ -185,6 +185,7 @@ static PyObject *stats_dict(const cumem_stats_t *s) {
   SET_ITEM(d, "bytes_host_held", PyLong_FromSize_t(s->bytes_host_held));
   SET_ITEM(d, "bytes_skipped", PyLong_FromSize_t(s->bytes_skipped));
   SET_ITEM(d, "bytes_on_disk", PyLong_FromSize_t(s->bytes_on_disk));
+  SET_ITEM(d, "bytes_host_pinned", PyLong_FromSize_t(s->bytes_host_pinned));
   return d;
 }
 
@@ -212,6 +213,7 @@ static PyObject *device_dict(const cumem_device_info_t *i) {
   SET_ITEM(d, "rdma", PyBool_FromLong(i->rdma));
   SET_ITEM(d, "fabric", PyBool_FromLong(i->fabric));
   SET_ITEM(d, "posix_fd", PyBool_FromLong(i->posix_fd));
+  SET_ITEM(d, "numa_node", PyLong_FromLong(i->numa_node));
   return d;
 }
 
@@ -235,6 +237,7 @@ typedef struct {
   int owned;                 /* 0 for the process-wide default instance */
   cumem_backend_t *fault;    /* the fault backend, when opened with fault=True */
   PyObject *backend_name;    /* keeps opts.backend's string alive */
+  /* (the core copies opts.prepare_ahead: no need to keep that one) */
 } InstanceObject;
 
 static PyTypeObject InstanceType;
@@ -266,29 +269,33 @@ static int path_arg(PyObject *obj, PyObject **holder, const char **out) {
 
 /* Instance(backend=None, *, chunk_size=None, zero_on_wake=None,
  *          retain_backup=None, copy_chunk=None, host_threads=None,
- *          verbose=None, fault=False, disk_dir=None, skip_unchanged=None)
+ *          verbose=None, fault=False, disk_dir=None, prepare_ahead=None,
+ *          prepare_ahead_delay_ms=None, skip_unchanged=None)
  * Opens a private instance. Options left None keep cumem_options_init's
  * value (the defaults, then the CUMEM_* environment). fault=True wraps the
  * backend in the fault-injecting one (for tests; see fault_arm). disk_dir
  * (a path) is where tags with backup="disk" sleep; None keeps
  * CUMEM_DISK_DIR. */
 static int Instance_init(InstanceObject *self, PyObject *args, PyObject *kw) {
-  static char *kwlist[] = {"backend",      "chunk_size", "zero_on_wake",
-                           "retain_backup", "copy_chunk", "host_threads",
-                           "verbose",      "fault",      "disk_dir",
+  static char *kwlist[] = {"backend",       "chunk_size",   "zero_on_wake",
+                           "retain_backup", "copy_chunk",   "host_threads",
+                           "verbose",       "fault",        "disk_dir",
+                           "prepare_ahead", "prepare_ahead_delay_ms",
                            "skip_unchanged", NULL};
   PyObject *backend = Py_None, *chunk = Py_None, *zero = Py_None,
            *retain = Py_None, *copy = Py_None, *threads = Py_None,
            *verbose = Py_None, *disk_dir = Py_None, *disk_dir_bytes = NULL,
-           *skip = Py_None;
+           *ahead_delay = Py_None, *skip = Py_None;
+  const char *ahead = NULL;
   int fault = 0;
   if (self->cm) {
     PyErr_SetString(PyExc_RuntimeError, "Instance is already open");
     return -1;
   }
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O$OOOOOOpOO", kwlist, &backend,
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O$OOOOOOpOO&OO", kwlist, &backend,
                                    &chunk, &zero, &retain, &copy, &threads,
-                                   &verbose, &fault, &disk_dir, &skip))
+                                   &verbose, &fault, &disk_dir, conv_opt_str,
+                                   &ahead, &ahead_delay, &skip))
     return -1;
 
   cumem_options_t opts;
@@ -321,6 +328,8 @@ static int Instance_init(InstanceObject *self, PyObject *args, PyObject *kw) {
   OPT_SIZE(copy, copy_chunk)
   OPT_INT(threads, host_threads)
   OPT_INT(verbose, verbose)
+  OPT_INT(ahead_delay, prepare_ahead_delay_ms)
+  if (ahead) opts.prepare_ahead = ahead; /* "" = no tag */
   OPT_INT(skip, skip_unchanged)
 #undef OPT_SIZE
 #undef OPT_INT
@@ -532,6 +541,29 @@ static PyObject *Instance_release_backup(InstanceObject *self, PyObject *args,
                                          PyObject *kw) {
   return tags_call(self, args, kw, cumem_release_backup,
                    "cumem_release_backup");
+}
+
+static PyObject *Instance_prepare_backup_async(InstanceObject *self,
+                                               PyObject *args, PyObject *kw) {
+  return tags_call(self, args, kw, cumem_prepare_backup_async,
+                   "cumem_prepare_backup_async");
+}
+
+static PyObject *Instance_release_backup_async(InstanceObject *self,
+                                               PyObject *args, PyObject *kw) {
+  return tags_call(self, args, kw, cumem_release_backup_async,
+                   "cumem_release_backup_async");
+}
+
+static PyObject *Instance_drain(InstanceObject *self, PyObject *noargs) {
+  (void)noargs;
+  CHECK_OPEN(self);
+  int rc;
+  Py_BEGIN_ALLOW_THREADS
+  rc = cumem_drain(self->cm);
+  Py_END_ALLOW_THREADS
+  if (rc != CUMEM_OK) return raise_cumem(rc, "cumem_drain");
+  Py_RETURN_NONE;
 }
 
 /* One address argument, GIL released: unmap_release, create_map. */
@@ -893,6 +925,19 @@ static PyMethodDef Instance_methods[] = {
     {"release_backup", VARKW(Instance_release_backup),
      "release_backup($self, /, tags=None)\n--\n\n"
      "Give back the retained host backups of awake allocations."},
+    {"prepare_backup_async", VARKW(Instance_prepare_backup_async),
+     "prepare_backup_async($self, /, tags=None)\n--\n\n"
+     "Pin host backup memory for these tags in the background, starting "
+     "now; returns at once."},
+    {"release_backup_async", VARKW(Instance_release_backup_async),
+     "release_backup_async($self, /, tags=None)\n--\n\n"
+     "Give back the retained host backups of awake allocations in the "
+     "background; returns at once."},
+    {"drain", (PyCFunction)Instance_drain, METH_NOARGS,
+     "drain($self, /)\n--\n\n"
+     "Finish the background work (giving backups back, preparing them "
+     "ahead) now, on this thread; raise its first failure not yet "
+     "reported."},
     {"unmap_release", (PyCFunction)Instance_unmap_release, METH_O,
      "unmap_release($self, ptr, /)\n--\n\n"
      "Release one allocation's physical memory, without a backup (the seed "
@@ -927,7 +972,7 @@ static PyMethodDef Instance_methods[] = {
      "stats($self, /, tag=None)\n--\n\n"
      "Figures for one tag, or all tags together: allocations, "
      "bytes_allocated, bytes_mapped, bytes_asleep, bytes_backed_up (host or "
-     "disk), bytes_host_held, bytes_on_disk."},
+     "disk), bytes_host_held, bytes_host_pinned, bytes_on_disk."},
     {"tags", (PyCFunction)Instance_tags, METH_NOARGS,
      "tags($self, /)\n--\n\n"
      "Every tag used so far, as a list."},
@@ -941,7 +986,7 @@ static PyMethodDef Instance_methods[] = {
     {"device_info", VARKW(Instance_device_info),
      "device_info($self, /, device=0)\n--\n\n"
      "One device: name, total_bytes, free_bytes, granularity, rdma, fabric, "
-     "posix_fd."},
+     "posix_fd, numa_node."},
     {"backup_view", (PyCFunction)Instance_backup_view, METH_O,
      "backup_view($self, ptr, /)\n--\n\n"
      "A writable memoryview of the host backup from ptr to the end of its "
@@ -984,7 +1029,8 @@ static PyTypeObject InstanceType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Instance(backend=None, *, chunk_size=None, zero_on_wake=None, "
               "retain_backup=None, copy_chunk=None, host_threads=None, "
-              "verbose=None, fault=False, disk_dir=None, skip_unchanged=None)\n--\n\n"
+              "verbose=None, fault=False, disk_dir=None, prepare_ahead=None, "
+              "prepare_ahead_delay_ms=None, skip_unchanged=None)\n--\n\n"
               "One cumem instance (cumem_open), with its own allocations, "
               "tags and backups. Options left None keep their default (then "
               "the CUMEM_* environment); fault=True wraps the backend in the "

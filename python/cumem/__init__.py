@@ -28,7 +28,8 @@ CUMEM_E* value); out of device memory is CumemOutOfMemoryError, a subclass.
 Options come from CUMEM_* environment variables read when the process-wide
 instance opens (first use): CUMEM_RETAIN_BACKUP, CUMEM_CHUNK_SIZE_MB,
 CUMEM_ZERO_ON_WAKE, CUMEM_COPY_CHUNK_MB, CUMEM_HOST_THREADS, CUMEM_BACKEND,
-CUMEM_VERBOSE, CUMEM_DISK_DIR.
+CUMEM_PREPARE_AHEAD, CUMEM_PREPARE_AHEAD_DELAY_MS, CUMEM_NUMA, CUMEM_DISK_DIR,
+CUMEM_VERBOSE (which also prints where each adapter call spent its time).
 
 Disk backups. A tag can keep its offloaded content in files instead of host
 memory: default().set_tag_options(tag, backup="disk") and a directory
@@ -58,7 +59,7 @@ __all__ = [
     "configure_subprocess", "preload_library",
     # the native API
     "pool", "sleep", "wake", "stats", "stats_by_tag", "tags", "prepare_backup",
-    "release_backup", "set_disk_dir", "empty_cache", "using_tag", "set_current_tag", "current_tag",
+    "release_backup", "drain", "set_disk_dir", "empty_cache", "using_tag", "set_current_tag", "current_tag",
     "alloc", "free", "query", "copy_to_device", "copy_to_host", "memset",
     "default", "backend", "Instance", "CumemError", "CumemOutOfMemoryError",
     "last_error", "strerror",
@@ -124,15 +125,22 @@ def using_tag(tag):
 
 
 @contextlib.contextmanager
-def pool(tag="default"):
+def pool(tag="default", prepare_ahead=None):
     """Tensors created in this thread inside the block live in cumem under
     `tag`. Each block gets a fresh torch MemPool that is dropped at exit, so
     blocks left unused go back to the GPU then (empty_cache cannot empty a
-    pluggable pool); tensors still alive keep their memory."""
+    pluggable pool); tensors still alive keep their memory.
+
+    prepare_ahead=True pins the tag's host backup in the background when
+    the block exits, so the first sleep only copies (None: as
+    CUMEM_PREPARE_AHEAD says, "all" or comma-separated tags; the core then
+    also pins tags it names once they stop growing)."""
     from . import _torch
 
     with _torch.fresh_pool(tag):
         yield
+    if _torch.prepare_ahead_wanted(prepare_ahead, tag) and tag in _C.default().tags():
+        _C.default().prepare_backup_async([tag])
 
 
 def empty_cache():
@@ -144,16 +152,6 @@ def empty_cache():
     _torch.empty_cache()
 
 
-def _empty_torch_cache():
-    # Blocks that PyTorch freed into finished pools are still cumem
-    # allocations until swept; sweep before a sleep so they are released
-    # rather than backed up. Only if this process uses torch on the GPU.
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_initialized():
-        from . import _torch
-
-        _torch.sweep()
-        torch.cuda.empty_cache()
 
 
 # ---- sleep and wake --------------------------------------------------------
@@ -163,9 +161,20 @@ def sleep(tags=None, offload_tags=None):
     """Release the physical memory of every allocation of `tags` (None: all),
     after copying those of `offload_tags` (None: none) to host memory. Waits
     for the device first. On failure what is asleep stays asleep with its
-    backup, and a retry completes the sleep."""
-    _empty_torch_cache()
+    backup, and a retry completes the sleep.
+
+    Blocks PyTorch freed into finished pool() blocks are released first
+    (they need no backup), and PyTorch's own cache is emptied after."""
+    from . import _timing, _torch
+
+    steps = _timing.Steps("cumem.sleep")
+    _torch.sweep_if_any()
+    steps.step("sweep")
     _C.default().sleep(tags, offload_tags)
+    steps.step("core")
+    _torch.empty_torch_cache()
+    steps.step("torch empty_cache")
+    steps.done()
 
 
 def wake(tags=None, retain_backup=None):
@@ -175,17 +184,28 @@ def wake(tags=None, retain_backup=None):
 
     retain_backup=False gives the host backups back after the wake (the
     CUMEM_RETAIN_BACKUP option, default on, keeps them pinned so the next
-    sleep only copies); None follows the option."""
+    sleep only copies); None follows the option. Either way they go back in
+    the background, after wake returns (drain() waits for it)."""
     inst = _C.default()
     inst.wake(tags)
     if retain_backup is False:
-        inst.release_backup(tags)
+        inst.release_backup_async(tags)
 
 
-def prepare_backup(tags=None):
-    """Pin host backup memory for these tags now, so the first sleep only
-    copies (pinning fresh memory is the slow part of a cold sleep)."""
-    _C.default().prepare_backup(tags)
+def prepare_backup(tags=None, wait=True):
+    """Pin host backup memory for these tags, so the first sleep only
+    copies (pinning fresh memory is the slow part of a cold sleep): now, or
+    with wait=False in the background, returning at once."""
+    if wait:
+        _C.default().prepare_backup(tags)
+    else:
+        _C.default().prepare_backup_async(tags)
+
+
+def drain():
+    """Finish the background work (giving backups back, preparing them
+    ahead) now, on this thread; raise its first failure not yet reported."""
+    _C.default().drain()
 
 
 def release_backup(tags=None):
@@ -203,7 +223,7 @@ def set_disk_dir(path):
 def stats(tag=None):
     """Figures for one tag, or all tags together: allocations,
     bytes_allocated, bytes_mapped, bytes_asleep, bytes_backed_up (host or
-    disk), bytes_host_held, bytes_on_disk."""
+    disk), bytes_host_held, bytes_host_pinned, bytes_on_disk."""
     return _C.default().stats(tag)
 
 

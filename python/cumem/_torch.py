@@ -10,6 +10,7 @@ GIL; they read the tag from the calling thread's current tag, which
 import contextlib
 import ctypes
 import os
+import sys
 import threading
 
 from . import _C
@@ -176,13 +177,50 @@ def fresh_pool(tag):
         retire(pool)
 
 
-def empty_cache():
-    """Free what PyTorch no longer uses: the unused segments of retired
-    pools, then PyTorch's own cache."""
-    import gc
+def sweep_if_any():
+    """sweep() when some retired pool may still hold a segment to free: on a
+    sleep's path, where nothing else is needed (with no retired pool left
+    this costs one list check)."""
+    if _retired:
+        sweep()
 
-    import torch
+
+def empty_torch_cache():
+    """Give PyTorch's own cache back to the GPU: the unused blocks of its
+    default pool (made outside every cumem pool, e.g. temporaries), which a
+    sleep does not touch. Only if this process uses torch on the GPU."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def empty_cache():
+    """Free what PyTorch no longer uses: tensors kept only by reference
+    cycles (gc.collect), the unused segments of retired pools, then
+    PyTorch's own cache. For users who ask (cumem.empty_cache); a sleep does
+    only the last two, without the collection (see CuMemAllocator.sleep)."""
+    import gc
 
     gc.collect()
     sweep()
-    torch.cuda.empty_cache()
+    empty_torch_cache()
+
+
+def _env_prepare_ahead():
+    text = os.environ.get("CUMEM_PREPARE_AHEAD", "").strip()
+    if text == "all":
+        return True
+    return frozenset(t.strip() for t in text.split(",") if t.strip())
+
+
+def prepare_ahead_wanted(setting, tag):
+    """Whether `tag` is to be prepared ahead under `setting`: None (the
+    CUMEM_PREPARE_AHEAD environment: "all" or comma-separated tags), a bool
+    (every tag or none), "all", a tag, or an iterable of tags."""
+    if setting is None:
+        setting = _env_prepare_ahead()
+    if isinstance(setting, bool):
+        return setting
+    if isinstance(setting, str):
+        return setting == "all" or tag in setting.split(",")
+    return tag in setting

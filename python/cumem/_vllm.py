@@ -16,7 +16,7 @@ kept until a wake succeeds, so wake_up() can simply be called again.
 import contextlib
 import logging
 
-from . import _C, _torch
+from . import _C, _timing, _torch
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,9 @@ class CuMemAllocator:
         # get_current_usage() cover these, not other users of the process-wide
         # cumem instance (torch_memory_saver, the native API).
         self._tags = []
+        # Which tags to pin ahead (see prepare_ahead); None follows
+        # CUMEM_PREPARE_AHEAD.
+        self.prepare_ahead = None
 
     # -- allocation -----------------------------------------------------------
 
@@ -77,6 +80,9 @@ class CuMemAllocator:
                 yield
         finally:
             self.current_tag = old_tag
+        if _torch.prepare_ahead_wanted(self.prepare_ahead, tag) and tag in _C.default().tags():
+            # The tag stopped growing: pin its backup now, in the background.
+            _C.default().prepare_backup_async([tag])
 
     # -- sleep and wake -------------------------------------------------------
 
@@ -89,26 +95,40 @@ class CuMemAllocator:
     def sleep(self, offload_tags=None):
         """Release the GPU memory of every tensor made in use_memory_pool().
         Those whose tag is in `offload_tags` (default: ("default",)) are
-        backed up to CPU memory first; the others are discarded."""
+        backed up to CPU memory first; the others are discarded.
+
+        Around the core's sleep only what the freed memory needs: the blocks
+        PyTorch already freed into dropped pools are released first (they
+        need neither a backup nor a wake), and PyTorch's own cache is
+        emptied after, once. Unlike vLLM's, no gc.collect(): it costs tens to
+        hundreds of milliseconds on a large heap, and only frees tensors
+        kept by reference cycles (call gc.collect() or cumem.empty_cache()
+        first if you make those)."""
+        steps = _timing.Steps("CuMemAllocator.sleep")
         offload_tags = _as_tuple(offload_tags)
         if offload_tags is None:
             offload_tags = (CuMemAllocator.default_tag,)
-        # Release the blocks PyTorch already freed into dropped pools first:
-        # they need neither a backup nor a wake.
-        _torch.empty_cache()
+        _torch.sweep_if_any()
+        steps.step("sweep")
         tags = self._known()
         if tags:
             inst = _C.default()
-            before = inst.stats()
+            report = logger.isEnabledFor(logging.INFO)
+            before = inst.stats() if report else None
+            steps.step("bookkeeping")
             inst.sleep(tags, [t for t in tags if t in offload_tags])
-            after = inst.stats()
-            logger.info(
-                "CuMemAllocator: sleep freed %.2f GiB, of which %.2f GiB is backed up in CPU memory",
-                (after["bytes_asleep"] - before["bytes_asleep"]) / 2**30,
-                (after["bytes_backed_up"] - before["bytes_backed_up"]) / 2**30,
-            )
+            steps.step("core")
+            if report:
+                after = inst.stats()
+                logger.info(
+                    "CuMemAllocator: sleep freed %.2f GiB, of which %.2f GiB is backed up in CPU memory",
+                    (after["bytes_asleep"] - before["bytes_asleep"]) / 2**30,
+                    (after["bytes_backed_up"] - before["bytes_backed_up"]) / 2**30,
+                )
         # What vLLM does after a sleep: let PyTorch give back its own cache too.
-        _torch.empty_cache()
+        _torch.empty_torch_cache()
+        steps.step("torch empty_cache")
+        steps.done()
 
     def wake_up(self, tags=None):
         """Map GPU memory again for the sleeping tensors of `tags` (default:
@@ -119,9 +139,24 @@ class CuMemAllocator:
         GPU is full) with the cause on failure. Nothing is lost then: what this
         call mapped is released again, every backup is kept, and a later
         wake_up() restores everything."""
+        steps = _timing.Steps("CuMemAllocator.wake_up")
         selected = self._known(_as_tuple(tags))
+        steps.step("bookkeeping")
         if selected:
             _C.default().wake(selected)
+            steps.step("core")
+        steps.done()
+
+    # -- prepare-ahead ----------------------------------------------------------
+    #
+    # prepare_ahead (attribute): which tags have their host backup pinned in
+    # the background when a use_memory_pool() block of the tag exits, so
+    # that even the first sleep only copies. None (default) follows
+    # CUMEM_PREPARE_AHEAD ("all" or comma-separated tags); else True/False,
+    # "all", a tag, or an iterable of tags, e.g.
+    #     CuMemAllocator.get_instance().prepare_ahead = ("weights",)
+    # It holds pinned host memory the size of those tags from then on; name
+    # the tags you offload (vLLM: "weights"), not the KV cache.
 
     def get_current_usage(self):
         """Bytes allocated through this allocator (asleep or awake)."""

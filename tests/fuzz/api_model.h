@@ -861,6 +861,19 @@ static inline void m_wake_fits(model_t *m, unsigned sel, const m_alloc_t *only, 
   }
 }
 
+/* With retention off a successful wake leaves its backups to the background
+ * worker to give back: finish that now, inside the caller's fault window
+ * (the worker and cumem_drain make the same backend calls in the same
+ * order, whichever runs a step), so that the figures are exact again.
+ * Returns 1 when giving back failed: a failure the wake swallowed, which
+ * leaves those backups held. */
+static inline int m_drain_after_wake(model_t *m, int wake, int rc) {
+  if (!wake || rc || m->opts.retain_backup) return 0;
+  int drc = cumem_drain(m->cm);
+  if (drc) mlog(m, "  drain after wake -> %d (%s)", drc, cumem_last_error());
+  return drc != 0;
+}
+
 static inline void op_tagset(model_t *m, int what) {
   static const char *names[] = {"sleep", "wake", "prepare_backup", "release_backup"};
   src_t *s = m->src;
@@ -887,6 +900,7 @@ static inline void op_tagset(model_t *m, int what) {
          : what == SET_WAKE ? cumem_wake(m->cm, tags)
          : what == SET_PREPARE ? cumem_prepare_backup(m->cm, tags)
                                : cumem_release_backup(m->cm, tags);
+  int give_back_failed = m_drain_after_wake(m, what == SET_WAKE, rc);
   m_disarm(m, &f);
   char t1[160], t2[160];
   m_fmt_bits(m, sel, all, unknown, t1, sizeof t1);
@@ -905,7 +919,7 @@ static inline void op_tagset(model_t *m, int what) {
   if (rc && f.injected) m->faults_failed++;
   /* Swallowed failures: only giving back a backup after a successful wake
    * (retention off) may fail quietly; the backup then stays held. */
-  int swallowed = !rc && f.injected;
+  int swallowed = (!rc && f.injected) || give_back_failed;
   MCHECK(m, !swallowed || (what == SET_WAKE && !m->opts.retain_backup),
          "%s succeeded although an injected fault hit one of its calls", names[what]);
 
@@ -958,13 +972,14 @@ static inline void op_one(model_t *m, int wake) {
   int partial = a->phys == PHYS_UNKNOWN && !a->awake;
   m_arm(m, &f);
   int rc = wake ? cumem_create_map(m->cm, a->ptr) : cumem_unmap_release(m->cm, a->ptr);
+  int give_back_failed = m_drain_after_wake(m, wake, rc);
   m_disarm(m, &f);
   mlog(m, "%s(%p tag %s) -> %d%s", name, a->ptr, m->tags[a->tag], rc, m_injected(&f));
   if (rc && !f.injected)
     MCHECK(m, rc == CUMEM_ENOMEM && (must_enomem || maybe_enomem), "%s(%p) failed: %d", name, a->ptr, rc);
   MCHECK(m, rc || !must_enomem, "create_map succeeded although the device cannot hold it");
   if (rc && f.injected) m->faults_failed++;
-  int swallowed = !rc && f.injected;
+  int swallowed = (!rc && f.injected) || give_back_failed;
   MCHECK(m, !swallowed || (wake && !m->opts.retain_backup), "%s succeeded despite an injected fault", name);
   if (wake) {
     if (!rc) m_apply_wake_ok(m, 0, swallowed, a);
@@ -1177,6 +1192,7 @@ static inline void model_finish(model_t *m) {
     int rc = cumem_wake(m->cm, m_tag_list(m, known, 0, 0, b));
     mlog(m, "final wake -> %d", rc);
     MCHECK(m, rc == 0, "final wake failed: %d", rc);
+    MCHECK(m, !m_drain_after_wake(m, 1, rc), "giving back after the final wake failed");
     m_apply_wake_ok(m, known, 0, NULL);
     model_check(m);
   } else {
@@ -1186,6 +1202,7 @@ static inline void model_finish(model_t *m) {
       int rc = cumem_create_map(m->cm, a->ptr);
       mlog(m, "final create_map(%p) -> %d", a->ptr, rc);
       MCHECK(m, rc == 0, "final create_map(%p) failed: %d", a->ptr, rc);
+      MCHECK(m, !m_drain_after_wake(m, 1, rc), "giving back after the final create_map failed");
       m_apply_wake_ok(m, 0, 0, a);
       m_check_query(m, a, 0);
       m_check_content(m, a);

@@ -300,8 +300,9 @@ def test_module_api_on_default_instance():
     cumem.sleep(tags, offload_tags="pytest-native-w")
     assert cumem.stats("pytest-native-w")["bytes_backed_up"] == cumem.query(w)["size"]
     assert cumem.stats_by_tag()["pytest-native-k"]["bytes_asleep"] == cumem.query(k)["size"]
-    cumem.wake(tags, retain_backup=False)
+    cumem.wake(tags, retain_backup=False)  # backups given back in the background
     assert cumem.copy_to_host(w, 3 * MiB) == dw
+    cumem.drain()
     assert cumem.stats("pytest-native-w")["bytes_host_held"] == 0
     assert set(tags) <= set(cumem.tags())
     cumem.free(w)
