@@ -126,6 +126,10 @@ typedef struct cumem_options {
                            it must exist, be a directory and take new files.
                            Copied: the string need not outlive the call.
                            CUMEM_DISK_DIR */
+  int skip_unchanged;   /* at sleep, fingerprint each copy chunk on the
+                           device and copy only those that changed since
+                           the retained backup was written (per tag:
+                           cumem_tag_options_t); CUMEM_SKIP_UNCHANGED */
 } cumem_options_t;
 
 /* Fill *opts with the defaults, then apply the CUMEM_* environment. */
@@ -323,6 +327,10 @@ typedef struct cumem_stats {
                              disk_dir */
   size_t bytes_host_pinned; /* of bytes_host_held, page-locked (ready for
                                copies) */
+  size_t bytes_skipped;   /* of bytes_backed_up, what their sleep did not
+                             copy because the retained backup held it
+                             already (skip unchanged); the bytes copied are
+                             bytes_backed_up - bytes_skipped */
 } cumem_stats_t;
 
 /* Figures for one tag, or for all when tag is NULL. */

@@ -535,6 +535,7 @@ int cumem_close(cumem_t *cm) {
       alloc_destroy_record(a);
     }
   }
+  if (!rc) rc = cumem__skip_give_back(cm);
   cumem__leave(cm);
   if (rc) return rc; /* the instance stays usable; close can be retried */
   pthread_mutex_lock(&cumem__default_lock);
@@ -599,6 +600,10 @@ int cumem_backup_view(cumem_t *cm, const void *ptr, void **host, size_t *len) {
                                : 0;
   if (!rc) {
     size_t off = (uintptr_t)ptr - a->va;
+    /* The view is writable and lives as long as the backup: from now on
+     * nothing can tell what it holds, so sleep never skips a chunk of it. */
+    a->backup.viewed = 1;
+    a->backup.fingerprinted = 0;
     *host = a->backup.ptr + off;
     *len = a->size - off;
   }
@@ -622,6 +627,7 @@ int cumem_stats(cumem_t *cm, const char *tag, cumem_stats_t *out) {
       out->bytes_mapped += m;
       out->bytes_asleep += a->size - m;
       if (a->backed_up) out->bytes_backed_up += a->size;
+      if (a->backed_up && !a->disk.filled) out->bytes_skipped += a->skipped; /* host backups only */
       if (a->backed_up && a->disk.filled) out->bytes_on_disk += a->size;
       out->bytes_host_held += cumem__hostbuf_held(&a->backup);
       out->bytes_host_pinned += a->backup.pinned;

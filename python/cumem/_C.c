@@ -183,6 +183,7 @@ static PyObject *stats_dict(const cumem_stats_t *s) {
   SET_ITEM(d, "bytes_asleep", PyLong_FromSize_t(s->bytes_asleep));
   SET_ITEM(d, "bytes_backed_up", PyLong_FromSize_t(s->bytes_backed_up));
   SET_ITEM(d, "bytes_host_held", PyLong_FromSize_t(s->bytes_host_held));
+  SET_ITEM(d, "bytes_skipped", PyLong_FromSize_t(s->bytes_skipped));
   SET_ITEM(d, "bytes_on_disk", PyLong_FromSize_t(s->bytes_on_disk));
   SET_ITEM(d, "bytes_host_pinned", PyLong_FromSize_t(s->bytes_host_pinned));
   return d;
@@ -269,7 +270,7 @@ static int path_arg(PyObject *obj, PyObject **holder, const char **out) {
 /* Instance(backend=None, *, chunk_size=None, zero_on_wake=None,
  *          retain_backup=None, copy_chunk=None, host_threads=None,
  *          verbose=None, fault=False, disk_dir=None, prepare_ahead=None,
- *          prepare_ahead_delay_ms=None)
+ *          prepare_ahead_delay_ms=None, skip_unchanged=None)
  * Opens a private instance. Options left None keep cumem_options_init's
  * value (the defaults, then the CUMEM_* environment). fault=True wraps the
  * backend in the fault-injecting one (for tests; see fault_arm). disk_dir
@@ -279,21 +280,22 @@ static int Instance_init(InstanceObject *self, PyObject *args, PyObject *kw) {
   static char *kwlist[] = {"backend",       "chunk_size",   "zero_on_wake",
                            "retain_backup", "copy_chunk",   "host_threads",
                            "verbose",       "fault",        "disk_dir",
-                           "prepare_ahead", "prepare_ahead_delay_ms",  NULL};
+                           "prepare_ahead", "prepare_ahead_delay_ms",
+                           "skip_unchanged", NULL};
   PyObject *backend = Py_None, *chunk = Py_None, *zero = Py_None,
            *retain = Py_None, *copy = Py_None, *threads = Py_None,
            *verbose = Py_None, *disk_dir = Py_None, *disk_dir_bytes = NULL,
-           *ahead_delay = Py_None;
+           *ahead_delay = Py_None, *skip = Py_None;
   const char *ahead = NULL;
   int fault = 0;
   if (self->cm) {
     PyErr_SetString(PyExc_RuntimeError, "Instance is already open");
     return -1;
   }
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O$OOOOOOpOO&O", kwlist, &backend,
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O$OOOOOOpOO&OO", kwlist, &backend,
                                    &chunk, &zero, &retain, &copy, &threads,
                                    &verbose, &fault, &disk_dir, conv_opt_str,
-                                   &ahead, &ahead_delay))
+                                   &ahead, &ahead_delay, &skip))
     return -1;
 
   cumem_options_t opts;
@@ -328,6 +330,7 @@ static int Instance_init(InstanceObject *self, PyObject *args, PyObject *kw) {
   OPT_INT(verbose, verbose)
   OPT_INT(ahead_delay, prepare_ahead_delay_ms)
   if (ahead) opts.prepare_ahead = ahead; /* "" = no tag */
+  OPT_INT(skip, skip_unchanged)
 #undef OPT_SIZE
 #undef OPT_INT
   if (disk_dir != Py_None) {
@@ -1027,12 +1030,14 @@ static PyTypeObject InstanceType = {
     .tp_doc = "Instance(backend=None, *, chunk_size=None, zero_on_wake=None, "
               "retain_backup=None, copy_chunk=None, host_threads=None, "
               "verbose=None, fault=False, disk_dir=None, prepare_ahead=None, "
-              "prepare_ahead_delay_ms=None)\n--\n\n"
+              "prepare_ahead_delay_ms=None, skip_unchanged=None)\n--\n\n"
               "One cumem instance (cumem_open), with its own allocations, "
               "tags and backups. Options left None keep their default (then "
               "the CUMEM_* environment); fault=True wraps the backend in the "
               "fault-injecting one, for tests (see fault_arm); disk_dir (a "
-              "path) is where tags with backup=\"disk\" sleep. Use "
+              "path) is where tags with backup=\"disk\" sleep; skip_unchanged=True "
+              "makes sleeps copy only the copy chunks that changed since the "
+              "retained backup was written. Use "
               "cumem.default() for the process-wide instance that PyTorch "
               "allocations go to.",
     .tp_methods = Instance_methods,

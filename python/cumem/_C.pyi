@@ -60,6 +60,7 @@ class Instance:
         disk_dir: Union[None, str, bytes, "os.PathLike[str]"] = None,
         prepare_ahead: Optional[str] = None,
         prepare_ahead_delay_ms: Optional[int] = None,
+        skip_unchanged: Union[None, bool, int] = None,
     ) -> None: ...
     @property
     def backend(self) -> str:
