@@ -81,7 +81,7 @@ case $what in soak|all)
 {
   echo; echo "==== $what: $(tr '\n' ' ' <"$LOGS/gpu.txt")"
   printf '%s\n' "${summary[@]}"
-  [ -f "$LOGS/bench.log" ] && grep -aE '^\||verified|retention|prepare-ahead' "$LOGS/bench.log"
+  [ -f "$LOGS/bench.log" ] && grep -aE '^\||verified|retention|prepare-ahead|skip unchanged|fingerprint on the device' "$LOGS/bench.log"
   [ -f "$LOGS/pybench.log" ] && grep -aE '^\||^link' "$LOGS/pybench.log"
   [ -f "$LOGS/multi.log" ] && tail -25 "$LOGS/multi.log"
 } | tee "$OUT/summary-$what.txt"
