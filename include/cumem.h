@@ -159,6 +159,10 @@ typedef struct cumem_options {
                            it must exist, be a directory and take new files.
                            Copied: the string need not outlive the call.
                            CUMEM_DISK_DIR */
+  int skip_unchanged;   /* at sleep, fingerprint each copy chunk on the
+                           device and copy only those that changed since
+                           the retained backup was written (per tag:
+                           cumem_tag_options_t); CUMEM_SKIP_UNCHANGED */
   const char *invalid_env; /* NULL, or the name of the first CUMEM_*
                            variable cumem_options_init could not use
                            (malformed, negative, overflowing or out of
@@ -404,6 +408,10 @@ typedef struct cumem_stats {
                              disk_dir */
   size_t bytes_host_pinned; /* of bytes_host_held, page-locked (ready for
                                copies) */
+  size_t bytes_skipped;   /* of bytes_backed_up, what their sleep did not
+                             copy because the retained backup held it
+                             already (skip unchanged); the bytes copied are
+                             bytes_backed_up - bytes_skipped */
 } cumem_stats_t;
 
 /* Figures for one tag, or for all when tag is NULL. */

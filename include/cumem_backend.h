@@ -90,6 +90,26 @@ struct cumem_backend {
 
   /* Live objects this backend has created and not destroyed. */
   void (*counters)(cumem_backend_t *b, cumem_backend_counters_t *out);
+
+  /* Fingerprint [va, va + n) in chunks of chunk_bytes (the last one may be
+   * shorter): out[2c] and out[2c + 1] receive the 128-bit fingerprint of
+   * chunk c, for every c < ceil(n / chunk_bytes). The function is defined in
+   * src/fingerprint_def.h; every backend computes it bit for bit (cumem
+   * compares fingerprints a backend computed at different times, never
+   * across backends).
+   * Pre: [va, va + n) is mapped and accessible memory of one device; va and
+   *   chunk_bytes are multiples of 16 (CUMEM_EINVAL otherwise); out has room
+   *   for 2 * ceil(n / chunk_bytes) values, is page-locked with
+   *   host_register (else the call may wait for the stream), and is neither
+   *   read nor written until the work queued on `stream` so far has
+   *   completed.
+   * Post: queued on `stream` (the host backend computes at once): once that
+   *   work has completed (stream_synchronize, or an event recorded after
+   *   it), out holds the fingerprints. The memory is only read.
+   * Optional: NULL, or CUMEM_ENOTSUP, where a backend or device cannot
+   *   compute them; cumem then copies every chunk at sleep. */
+  int (*fingerprint)(cumem_backend_t *b, uintptr_t va, size_t chunk_bytes, size_t n,
+                     uint64_t *out, void *stream);
 };
 
 /* Record this thread's error detail (what cumem_last_error() returns next:

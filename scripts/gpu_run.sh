@@ -2,9 +2,10 @@
 # The GPU machine's one script: build, then one phase per call (each must end
 # inside the device tool's 10 minutes), a short table last.
 #
-#   scripts/gpu_run.sh tests   build; C tests on the cuda backend; Python tests;
-#                              GPU-only tests (tests/gpu); preload mode with its
-#                              per-call trace; info (text and JSON); demo
+#   scripts/gpu_run.sh ctest   build; the C tests on the cuda backend
+#   scripts/gpu_run.sh pytests Python tests; GPU-only tests (tests/gpu); preload
+#                              mode with its per-call trace; info (text, JSON); demo
+#   scripts/gpu_run.sh tests   both
 #   scripts/gpu_run.sh bench   cumem bench (text and JSON), the disk tier's
 #                              bench, the Python-level bench of every API
 #   scripts/gpu_run.sh multi   one bench process per GPU at once (bench/concurrent.py)
@@ -52,8 +53,11 @@ git rev-parse --short HEAD 2>/dev/null | sed 's/^/commit /' | tee -a "$LOGS/gpu.
 step build bash -c "cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release && cmake --build build && \
   python3 setup.py -q build --build-lib build/pylib --build-temp build/pytmp"
 
-case $what in tests|all)
-  step ctest-cuda bash -c "cd build && ctest --output-on-failure -R '\\.cuda\$'"
+case $what in ctest|tests|all)
+  step ctest-cuda bash -c "cd build && ctest --output-on-failure --timeout 300 -R '\\.cuda\$'"
+;; esac
+
+case $what in pytests|tests|all)
   step python $PY -m pytest -q -rs -p no:cacheprovider tests/python
   step gpu env OUT="$LOGS" $PY -m pytest -q -rs -p no:cacheprovider tests/gpu --ignore=tests/gpu/test_preload_gpu.py
   step preload env OUT="$LOGS" bash tests/gpu/preload_gpu.sh
@@ -81,7 +85,7 @@ case $what in soak|all)
 {
   echo; echo "==== $what: $(tr '\n' ' ' <"$LOGS/gpu.txt")"
   printf '%s\n' "${summary[@]}"
-  [ -f "$LOGS/bench.log" ] && grep -aE '^\||verified|retention|prepare-ahead' "$LOGS/bench.log"
+  [ -f "$LOGS/bench.log" ] && grep -aE '^\||verified|retention|prepare-ahead|skip unchanged|fingerprint on the device' "$LOGS/bench.log"
   [ -f "$LOGS/pybench.log" ] && grep -aE '^\||^link' "$LOGS/pybench.log"
   [ -f "$LOGS/multi.log" ] && tail -25 "$LOGS/multi.log"
 } | tee "$OUT/summary-$what.txt"

@@ -35,6 +35,9 @@
  *    its arguments, the CUresult name and its text (CUDA_CHECK below).
  */
 #include "internal.h"
+#include "fingerprint.h"
+#include "fingerprint_def.h" /* the kernel's name and block size */
+#include "fingerprint_ptx.h" /* the kernel, as PTX (scripts/gen_fingerprint_ptx.sh) */
 
 #include <cuda.h>         /* types and enums only: no cu* symbol is linked */
 #include <cudaTypedefs.h> /* PFN_cu<name>_v<version>: entry point types */
@@ -94,7 +97,15 @@
   X(MemHostUnregister, 4000)        \
   X(MemcpyDtoHAsync, 3020)          \
   X(MemcpyHtoDAsync, 3020)          \
-  X(MemsetD8Async, 3020)
+  X(MemsetD8Async, 3020)            \
+  X(CtxGetDevice, 2000)             \
+  X(ModuleLoadData, 2000)           \
+  X(ModuleUnload, 2000)             \
+  X(ModuleGetFunction, 2000)        \
+  X(LaunchKernel, 4000)             \
+  X(MemAlloc, 3020)                 \
+  X(MemFree, 3020)                  \
+  X(StreamWaitEvent, 3020)
 
 #define CUDA_DECLARE(name, version) PFN_cu##name##_v##version name;
 
@@ -220,11 +231,25 @@ typedef struct cuda_device {
   int rdma, fabric, posix_fd;
   int numa_node;    /* nearest host NUMA node, -1 unknown */
   atomic_int handle_type; /* CUmemAllocationHandleType asked of cuMemCreate */
+  /* The fingerprint kernel, loaded into the primary context on first use
+   * (cuda_fingerprint_load): 0 = not tried, 1 = loaded, -1 = unavailable. */
+  atomic_int fp_state;
+  char fp_why[256];   /* why unavailable */
+  CUmodule fp_module;
+  CUfunction fp_kernel;
+  int sm_count;
+  /* Where the kernel's blocks add up their sums (under fp_lock): device
+   * memory kept from call to call, and an event recorded after the last
+   * call's use of it, which the next call's stream waits for. */
+  CUdeviceptr fp_sums;
+  size_t fp_sums_size;
+  CUevent fp_sums_free;
 } cuda_device_t;
 
 typedef struct cuda_backend {
   cumem_backend_t base;
   pthread_mutex_t open_lock; /* serializes the lazy opening of devices */
+  pthread_mutex_t fp_lock;   /* guards the devices' fingerprint sums */
   int count;
   cuda_device_t *devices;
   atomic_long reservations, handles, mappings, host_registrations, streams,
@@ -828,6 +853,139 @@ static int cuda_memset(cumem_backend_t *b, uintptr_t dst, unsigned char value, s
   return rc;
 }
 
+/* ---- fingerprints (the kernel: src/fingerprint.cu) ------------------- */
+
+/* Load the fingerprint kernel into d's primary context, once. A device
+ * where it cannot load (a driver older than the PTX ISA) answers
+ * CUMEM_ENOTSUP from then on: sleep copies everything there. Pre: d's
+ * context is current. */
+static int cuda_fingerprint_load(cuda_backend_t *cb, cuda_device_t *d, int device) {
+  if (atomic_load_explicit(&d->fp_state, memory_order_acquire) == 1) return 0;
+  pthread_mutex_lock(&cb->open_lock);
+  int state = atomic_load_explicit(&d->fp_state, memory_order_relaxed);
+  if (state == 0) {
+    const char *name = NULL;
+    CUresult r = CUDA_SUCCESS;
+    CUmodule mod = NULL;
+    double t0 = cumem__now();
+    if ((r = cu.ModuleLoadData(&mod, cumem__fingerprint_ptx)) != CUDA_SUCCESS) {
+      if (cu.GetErrorName(r, &name) != CUDA_SUCCESS) name = "?";
+      snprintf(d->fp_why, sizeof d->fp_why,
+               "cuModuleLoadData of its PTX failed: %s (a driver older than the PTX ISA of src/fingerprint.ptx?)",
+               name);
+    } else if ((r = cu.ModuleGetFunction(&d->fp_kernel, mod, CUMEM_FP_KERNEL)) != CUDA_SUCCESS) {
+      if (cu.GetErrorName(r, &name) != CUDA_SUCCESS) name = "?";
+      snprintf(d->fp_why, sizeof d->fp_why, "cuModuleGetFunction(\"%s\") failed: %s", CUMEM_FP_KERNEL, name);
+      (void)cu.ModuleUnload(mod);
+    } else {
+      d->fp_module = mod;
+      d->sm_count = cuda_attribute(d->dev, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT);
+      state = 1;
+    }
+    if (state != 1) state = -1;
+    cumem__log("device %d: fingerprint kernel %s (%.1f ms)%s%s", device,
+               state == 1 ? "loaded" : "unavailable", (cumem__now() - t0) * 1e3, state == 1 ? "" : ": ",
+               state == 1 ? "" : d->fp_why);
+    atomic_store_explicit(&d->fp_state, state, memory_order_release);
+  }
+  pthread_mutex_unlock(&cb->open_lock);
+  if (state != 1)
+    return CUMEM_FAIL(CUMEM_ENOTSUP, "device %d: the fingerprint kernel is unavailable: %s", device, d->fp_why);
+  return 0;
+}
+
+/* The index of the device whose primary context is current. */
+static int cuda_current_device(cuda_backend_t *cb, int *out) {
+  CUdevice dev;
+  int rc = CUDA_CHECK(cu.CtxGetDevice(&dev), "cuCtxGetDevice()");
+  if (rc) return rc;
+  for (int i = 0; i < cb->count; i++)
+    if (atomic_load_explicit(&cb->devices[i].ready, memory_order_acquire) && cb->devices[i].dev == dev) {
+      *out = i;
+      return 0;
+    }
+  return CUMEM_FAIL(CUMEM_ENOTSUP, "fingerprint: the stream's device (CUdevice %d) is not one cumem opened", (int)dev);
+}
+
+/* Blocks per chunk: enough blocks in all to fill the GPU (8 resident per
+ * SM), but at least CUMEM_FP_THREADS * 4 words per block. */
+static unsigned cuda_fingerprint_blocks(const cuda_device_t *d, size_t nchunks, size_t chunk_words) {
+  size_t target = (size_t)(d->sm_count > 0 ? d->sm_count : 1) * 8;
+  size_t want = (target + nchunks - 1) / nchunks;
+  size_t most = (chunk_words + CUMEM_FP_THREADS * 4 - 1) / (CUMEM_FP_THREADS * 4);
+  if (want > most) want = most;
+  return want ? (unsigned)want : 1;
+}
+
+/* d's sums, at least `bytes` of them, zeroed and ordered after their last
+ * use on `st`. Pre: fp_lock held, d's context current. A new buffer is only
+ * needed when a call has more chunks than any before (it starts at 64 KiB:
+ * 4096 chunks). */
+static int cuda_fingerprint_sums(cuda_device_t *d, size_t bytes, CUstream st) {
+  int rc = 0;
+  if (!d->fp_sums_free)
+    rc = CUDA_CHECK(cu.EventCreate(&d->fp_sums_free, CU_EVENT_DISABLE_TIMING), "cuEventCreate(fingerprint sums)");
+  if (!rc && bytes > d->fp_sums_size) {
+    size_t size = 64 * 1024;
+    while (size < bytes) size *= 2;
+    if (d->fp_sums) { /* the old one may still be in use: wait, then free */
+      rc = CUDA_CHECK(cu.EventSynchronize(d->fp_sums_free), "cuEventSynchronize(fingerprint sums)");
+      if (!rc) rc = CUDA_CHECK(cu.MemFree(d->fp_sums), "cuMemFree(fingerprint sums)");
+      if (!rc) d->fp_sums = 0, d->fp_sums_size = 0;
+    }
+    CUdeviceptr p = 0;
+    if (!rc) rc = CUDA_CHECK(cu.MemAlloc(&p, size), "cuMemAlloc(%zu bytes of fingerprint sums)", size);
+    if (!rc) d->fp_sums = p, d->fp_sums_size = size;
+  }
+  /* Another stream's call may still be reading the sums: wait on the device. */
+  if (!rc) rc = CUDA_CHECK(cu.StreamWaitEvent(st, d->fp_sums_free, 0), "cuStreamWaitEvent(fingerprint sums)");
+  if (!rc) rc = CUDA_CHECK(cu.MemsetD8Async(d->fp_sums, 0, bytes, st), "cuMemsetD8Async(%zu bytes)", bytes);
+  return rc;
+}
+
+static int cuda_fingerprint(cumem_backend_t *b, uintptr_t va, size_t chunk, size_t n, uint64_t *out,
+                            void *stream) {
+  int rc = cumem__fingerprint_check_args("cuda", va, chunk, n, out);
+  if (rc || n == 0) return rc;
+  cuda_backend_t *cb = cuda_self(b);
+  cuda_scope_t s = CUDA_SCOPE_INIT;
+  CUstream st;
+  int device = -1;
+  rc = cuda_enter_copy(cb, va, stream, &s, &st);
+  if (!rc) rc = cuda_current_device(cb, &device);
+  cuda_device_t *d = rc ? NULL : &cb->devices[device];
+  if (!rc) rc = cuda_fingerprint_load(cb, d, device);
+  size_t nchunks = cumem__fp_chunks(n, chunk), bytes = nchunks * CUMEM_FP_VALUES * sizeof *out;
+  unsigned per_chunk = rc ? 1 : cuda_fingerprint_blocks(d, nchunks, ((n < chunk ? n : chunk) + 15) / 16);
+  if (!rc && nchunks > 0x7fffffffu / per_chunk)
+    rc = CUMEM_FAIL(CUMEM_EINVAL, "fingerprint: %zu chunks of %zu bytes are too many for one launch", nchunks,
+                    chunk);
+  if (rc) {
+    cuda_leave(&s);
+    return rc;
+  }
+  /* The blocks add into zeroed device memory, which is then copied to out. */
+  pthread_mutex_lock(&cb->fp_lock);
+  rc = cuda_fingerprint_sums(d, bytes, st);
+  if (!rc) {
+    CUdeviceptr base = (CUdeviceptr)va, sums = d->fp_sums;
+    unsigned long long chunk_bytes = chunk, n_bytes = n;
+    void *args[] = {&base, &chunk_bytes, &n_bytes, &sums, &per_chunk};
+    unsigned grid = (unsigned)(nchunks * per_chunk);
+    rc = CUDA_CHECK(cu.LaunchKernel(d->fp_kernel, grid, 1, 1, CUMEM_FP_THREADS, 1, 1, 0, st, args, NULL),
+                    "cuLaunchKernel(%s, grid=%u, block=%d, va=0x%jx, n=%zu, chunk=%zu)", CUMEM_FP_KERNEL, grid,
+                    CUMEM_FP_THREADS, (uintmax_t)va, n, chunk);
+  }
+  if (!rc) rc = CUDA_CHECK(cu.MemcpyDtoHAsync(out, d->fp_sums, bytes, st),
+                           "cuMemcpyDtoHAsync(fingerprints, %zu bytes)", bytes);
+  /* Whatever was queued, the next call waits for it. */
+  int rc2 = d->fp_sums_free ? CUDA_CHECK(cu.EventRecord(d->fp_sums_free, st), "cuEventRecord(fingerprint sums)") : 0;
+  if (!rc) rc = rc2;
+  pthread_mutex_unlock(&cb->fp_lock);
+  cuda_leave(&s);
+  return rc;
+}
+
 static void cuda_counters(cumem_backend_t *b, cumem_backend_counters_t *out) {
   cuda_backend_t *cb = cuda_self(b);
   out->reservations = atomic_load(&cb->reservations);
@@ -849,9 +1007,23 @@ static void cuda_destroy(cumem_backend_t *b) {
                "%ld mappings, %ld host registrations, %ld streams, %ld events",
                c.reservations, c.handles, c.mappings, c.host_registrations, c.streams,
                c.events);
-  for (int i = 0; i < cb->count; i++)
-    if (atomic_load(&cb->devices[i].ready)) (void)cu.DevicePrimaryCtxRelease(cb->devices[i].dev);
+  for (int i = 0; i < cb->count; i++) {
+    cuda_device_t *d = &cb->devices[i];
+    if (!atomic_load(&d->ready)) continue;
+    if (atomic_load(&d->fp_state) == 1 || d->fp_sums_free) { /* they live in the context */
+      cuda_scope_t s = CUDA_SCOPE_INIT;
+      if (cuda_switch(&s, d->ctx) == 0) {
+        if (d->fp_sums_free) (void)cu.EventSynchronize(d->fp_sums_free);
+        if (d->fp_sums) (void)cu.MemFree(d->fp_sums);
+        if (d->fp_sums_free) (void)cu.EventDestroy(d->fp_sums_free);
+        if (atomic_load(&d->fp_state) == 1) (void)cu.ModuleUnload(d->fp_module);
+      }
+      cuda_leave(&s);
+    }
+    (void)cu.DevicePrimaryCtxRelease(d->dev);
+  }
   pthread_mutex_destroy(&cb->open_lock);
+  pthread_mutex_destroy(&cb->fp_lock);
   free(cb->devices);
   free(cb);
 }
@@ -886,6 +1058,12 @@ int cumem_backend_cuda(cumem_backend_t **out) {
     free(devices);
     return CUMEM_FAIL(CUMEM_ENOHOST, "cumem_backend_cuda: pthread_mutex_init failed");
   }
+  if (pthread_mutex_init(&cb->fp_lock, NULL) != 0) {
+    pthread_mutex_destroy(&cb->open_lock);
+    free(cb);
+    free(devices);
+    return CUMEM_FAIL(CUMEM_ENOHOST, "cumem_backend_cuda: pthread_mutex_init failed");
+  }
   cb->count = count;
   cb->devices = devices; /* calloc: every device not ready */
 
@@ -916,6 +1094,7 @@ int cumem_backend_cuda(cumem_backend_t **out) {
   b->copy_to_device = cuda_copy_to_device;
   b->memset = cuda_memset;
   b->counters = cuda_counters;
+  b->fingerprint = cuda_fingerprint;
   cumem__log("cuda backend: driver %d.%d, %d device(s)", cu.driver_version / 1000,
              cu.driver_version % 1000 / 10, count);
   *out = b;

@@ -65,6 +65,14 @@ WRAP(copy_to_host, (cumem_backend_t *b, void *d, uintptr_t s, size_t n, void *st
 WRAP(copy_to_device, (cumem_backend_t *b, uintptr_t d, const void *s, size_t n, void *st), (INNER(b), d, s, n, st))
 WRAP(memset, (cumem_backend_t *b, uintptr_t d, unsigned char v, size_t n, void *st), (INNER(b), d, v, n, st))
 
+/* Optional in the inner backend: without it, as without support. */
+static int fault_fingerprint(cumem_backend_t *b, uintptr_t va, size_t chunk, size_t n, uint64_t *out, void *st) {
+  int rc = fault_hit(b, "fingerprint");
+  if (rc) return rc;
+  if (!INNER(b)->fingerprint) return CUMEM_FAIL(CUMEM_ENOTSUP, "backend %s cannot fingerprint", INNER(b)->name);
+  return INNER(b)->fingerprint(INNER(b), va, chunk, n, out, st);
+}
+
 static int fault_stream_destroy(cumem_backend_t *b, void *s) { return INNER(b)->stream_destroy(INNER(b), s); }
 static int fault_event_destroy(cumem_backend_t *b, void *e) { return INNER(b)->event_destroy(INNER(b), e); }
 static void fault_counters(cumem_backend_t *b, cumem_backend_counters_t *out) {
@@ -100,7 +108,7 @@ int cumem_backend_fault(cumem_backend_t **out, cumem_backend_t *inner) {
       .event_record = fault_event_record, .event_synchronize = fault_event_synchronize,
       .host_register = fault_host_register, .host_unregister = fault_host_unregister,
       .copy_to_host = fault_copy_to_host, .copy_to_device = fault_copy_to_device,
-      .memset = fault_memset, .counters = fault_counters,
+      .memset = fault_memset, .counters = fault_counters, .fingerprint = fault_fingerprint,
   };
   *out = b;
   return 0;

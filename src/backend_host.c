@@ -20,6 +20,7 @@
  * allowed makes cumem_backend_host fail with CUMEM_EINVAL naming it. */
 #define _GNU_SOURCE /* memfd_create */
 #include "internal.h"
+#include "fingerprint.h"
 #include "options.h"
 
 #include <errno.h>
@@ -374,6 +375,33 @@ static int host_memset(cumem_backend_t *b, uintptr_t dst, unsigned char v, size_
   return 0;
 }
 
+/* [start, start + size) lies inside mappings (one or several adjacent). */
+static int ranges_cover(const ranges_t *r, uintptr_t start, size_t size) {
+  uintptr_t pos = start, end = start + size;
+  while (pos < end) {
+    size_t i = 0;
+    while (i < r->n && !(pos >= r->v[i].start && pos < r->v[i].start + r->v[i].size)) i++;
+    if (i == r->n) return 0;
+    pos = r->v[i].start + r->v[i].size;
+  }
+  return 1;
+}
+
+static int host_fingerprint(cumem_backend_t *b, uintptr_t va, size_t chunk, size_t n, uint64_t *out, void *s) {
+  host_t *h = SELF(b);
+  (void)s;
+  int rc = cumem__fingerprint_check_args("host", va, chunk, n, out);
+  if (rc || n == 0) return rc;
+  pthread_mutex_lock(&h->mu);
+  int mapped = ranges_cover(&h->mappings, va, n);
+  pthread_mutex_unlock(&h->mu);
+  if (!mapped)
+    return CUMEM_FAIL(CUMEM_EINVAL, "host backend: fingerprint of %zu bytes at %#lx, not all mapped", n,
+                      (unsigned long)va);
+  cumem__fingerprint_host((const void *)va, n, chunk, out);
+  return 0;
+}
+
 static void host_counters(cumem_backend_t *b, cumem_backend_counters_t *out) {
   host_t *h = SELF(b);
   pthread_mutex_lock(&h->mu);
@@ -468,7 +496,7 @@ int cumem_backend_host(cumem_backend_t **out) {
       .event_record = host_event_record, .event_synchronize = host_event_synchronize,
       .host_register = host_host_register, .host_unregister = host_host_unregister,
       .copy_to_host = host_copy_to_host, .copy_to_device = host_copy_to_device,
-      .memset = host_memset, .counters = host_counters,
+      .memset = host_memset, .counters = host_counters, .fingerprint = host_fingerprint,
   };
   *out = b;
   return 0;

@@ -571,6 +571,7 @@ static int release_everything(cumem_t *cm) {
       alloc_destroy_record(a);
     }
   }
+  if (!rc) rc = cumem__skip_give_back(cm);
   return rc;
 }
 
@@ -657,6 +658,10 @@ static int backup_locate(cumem_t *cm, const void *ptr, alloc_t **out, void **hos
                ? CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is asleep with its content discarded: its backup holds nothing valid", ptr)
                : CUMEM_FAIL(CUMEM_ENOTFOUND, "%p's backup holds no content: the last sleep did not save it", ptr);
   size_t off = (uintptr_t)ptr - a->va;
+  /* The view is writable and lives as long as the backup: from now on
+   * nothing can tell what it holds, so sleep never skips a chunk of it. */
+  a->backup.viewed = 1;
+  a->backup.fingerprinted = 0;
   *out = a;
   *host = a->backup.ptr + off;
   *len = a->size - off;
@@ -708,6 +713,7 @@ int cumem_stats(cumem_t *cm, const char *tag, cumem_stats_t *out) {
       out->bytes_mapped += m;
       out->bytes_asleep += a->size - m;
       if (a->backed_up) out->bytes_backed_up += a->size;
+      if (a->backed_up && !a->disk.filled) out->bytes_skipped += a->skipped; /* host backups only */
       if (a->backed_up && a->disk.filled) out->bytes_on_disk += a->size;
       out->bytes_host_held += cumem__hostbuf_held(&a->backup);
       out->bytes_host_pinned += a->backup.pinned;

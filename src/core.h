@@ -48,6 +48,8 @@ typedef struct alloc {
   int backed_up;     /* a backup holds the content (set once copied): the
                         file when disk.filled, else the host backup */
   int ahead;         /* enum ahead: preparing its backup in the background */
+  size_t skipped;    /* bytes of it its sleep did not copy: the host backup
+                        held them already (skip unchanged; skip.h) */
   int freeing;       /* a free has begun: only free (a retry) may touch it */
   struct alloc *hash_next;          /* table bucket chain */
   struct alloc *prev, *next;        /* every allocation, oldest first */
@@ -112,6 +114,8 @@ struct cumem {
   cumem__background_t bg;
   char *disk_dir;  /* absolute path for disk backups, or NULL (disk.c) */
   hostbuf_t disk_staging; /* disk.c's staging buffers, during a call */
+  uint64_t *fp_arena;    /* skip.c: page-locked room for a sleep's */
+  size_t fp_arena_size;  /* fingerprints (kept only if unlocking failed) */
 };
 
 void cumem__lock_init(cumem__lock_t *l);
@@ -181,5 +185,9 @@ int cumem__background_take_error(cumem_t *cm);
 /* Pre: the lock NOT held. Stop and join the worker (its work stays). */
 void cumem__background_stop(cumem_t *cm);
 void cumem__background_destroy(cumem_t *cm);
+/* skip.c: give back the fingerprint arena where a sleep could not (its
+ * unregistration failed); 0 when there is none. close and release_backup
+ * call it. */
+int cumem__skip_give_back(cumem_t *cm);
 
 #endif

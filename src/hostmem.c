@@ -103,6 +103,7 @@ static int unmap(hostbuf_t *hb) {
   if (!cumem__pin_detach(hb) && munmap(hb->map_base, hb->map_size) != 0)
     return CUMEM_FAIL(CUMEM_ENOHOST, "munmap of host backup failed: %s", strerror(errno));
   free(hb->ready);
+  free(hb->fingerprints);
   memset(hb, 0, sizeof *hb);
   return 0;
 }

@@ -22,6 +22,12 @@ typedef struct hostbuf {
   int filled;           /* holds the content saved by the last sleep */
   int give_back;        /* the background worker is giving it back */
   size_t step_seg, step_off; /* prepare_step's place: bytes of step_seg touched */
+  /* Skip unchanged (skip.h): the fingerprints of the content held, two
+   * values per segment, valid while `fingerprinted`; `viewed` once a
+   * writable view was handed out (the content may change behind cumem). */
+  uint64_t *fingerprints;
+  int fingerprinted;
+  int viewed;
   cumem_backup_pin_t *pin; /* pins on this memory (pin.c), or NULL */
 } hostbuf_t;
 

@@ -13,6 +13,9 @@
  *      are done (an event per allocation), overlapped with the next copies;
  *      discarded allocations are released at once, by other threads, while
  *      the copies run.
+ *   Skipping unchanged chunks (skip.h) hooks into 2 and 3: the allocations
+ *   it applies to are fingerprinted on the device meanwhile; only their
+ *   changed chunks are copied, and those with none are released at once.
  * Wake, for a list of allocations:
  *   1. create and map the missing chunks of each allocation, queue the
  *      host-to-device copy of its backup and go on to map the next one
@@ -25,6 +28,7 @@
  */
 #include "core.h"
 #include "pool.h"
+#include "skip.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -157,19 +161,22 @@ static int release_job(void *ctx, size_t i) {
 /* An allocation whose copies are queued and whose release waits for them. */
 typedef struct pending {
   alloc_t *a;
-  void *event;
+  size_t index; /* in the sleep's list */
+  void *event;  /* NULL: nothing was copied */
 } pending_t;
 
-/* Wait for p's copies, then mark it backed up and release its memory. */
-static int complete_offload(cumem_t *cm, pending_t *p, double *t_copy, double *t_release) {
+/* Wait for p's copies, then mark it backed up, record its fingerprints and
+ * release its memory. */
+static int complete_offload(cumem_t *cm, skip_t *sk, pending_t *p, double *t_copy, double *t_release) {
   double t0 = cumem__now();
-  int rc = cm->backend->event_synchronize(cm->backend, p->event);
+  int rc = p->event ? cm->backend->event_synchronize(cm->backend, p->event) : 0;
   double t1 = cumem__now();
   *t_copy += t1 - t0;
   if (rc) return rc;
   p->a->backed_up = 1;
   p->a->backup.filled = 1;
-  rc = release_alloc_memory(cm, p->a);
+  rc = cumem__skip_record(sk, p->index, p->a);
+  if (!rc) rc = release_alloc_memory(cm, p->a);
   *t_release += cumem__now() - t1;
   return rc;
 }
@@ -227,6 +234,9 @@ int cumem__engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned ch
     rc = cumem__pool_start(&releasers, release_job, &discards, ndiscard, cm->opts.release_threads);
     releasing = !rc;
   }
+  skip_t sk; /* fingerprints, queued now (none after a failure) */
+  int rc_skip = cumem__skip_begin(&sk, cm, list, rc ? 0 : n, copy);
+  if (!rc) rc = rc_skip;
 
   /* 3. Copy, and release behind the copies. */
   streams_t st = {0};
@@ -235,7 +245,10 @@ int cumem__engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned ch
     alloc_t *a = list[i];
     if (!copy[i]) continue; /* the releaser's */
     void *stream, *event = NULL;
+    const unsigned char *changed = NULL; /* NULL: every segment */
+    size_t ncopy = 0;
     rc = stream_for(cm, &st, a->device, &stream);
+    if (!rc) rc = cumem__skip_plan(&sk, i, a, &changed, &ncopy);
     size_t k = first[i];
     for (size_t s = 0; !rc && s < a->backup.nseg; s++) {
       /* Segments prepared by this call are waited for; others were ready. */
@@ -244,9 +257,14 @@ int cumem__engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned ch
         rc = prepare_job(cm, &touchers, jobs, k++, &t_register);
         t_wait += cumem__now() - t1;
       }
-      if (!rc)
+      if (!rc && (!changed || changed[s]))
         rc = b->copy_to_host(b, a->backup.ptr + s * a->backup.seg, a->va + s * a->backup.seg,
                              cumem__hostbuf_segment_size(&a->backup, s), stream);
+    }
+    if (!rc && ncopy == 0) { /* the backup holds all of it already: release now */
+      pending_t done = {a, i, NULL};
+      rc = complete_offload(cm, &sk, &done, &t_copy, &t_release_copied);
+      continue;
     }
     if (!rc) rc = b->event_create(b, a->device, &event);
     if (!rc) rc = b->event_record(b, event, stream);
@@ -255,14 +273,14 @@ int cumem__engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned ch
       break;
     }
     if (pend.a) {
-      rc = complete_offload(cm, &pend, &t_copy, &t_release_copied);
+      rc = complete_offload(cm, &sk, &pend, &t_copy, &t_release_copied);
       b->event_destroy(b, pend.event);
       pend.a = NULL;
     }
-    pend = (pending_t){a, event};
+    pend = (pending_t){a, i, event};
   }
   if (pend.a) {
-    if (!rc) rc = complete_offload(cm, &pend, &t_copy, &t_release_copied);
+    if (!rc) rc = complete_offload(cm, &sk, &pend, &t_copy, &t_release_copied);
     b->event_destroy(b, pend.event);
   }
 
@@ -279,6 +297,9 @@ int cumem__engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned ch
     }
   }
   int rc2 = streams_finish(cm, &st);
+  skip_t sk_log = sk; /* its figures, for the log */
+  int rc_end = cumem__skip_end(&sk);
+  if (!rc2) rc2 = rc_end;
   if (touching) cumem__pool_cancel(&touchers);
   if (rc) cumem__error_restore(&e); else rc = rc2;
   cumem__log("sleep of %zu allocations: %.1f ms device sync, %.1f ms preparing %zu host segments "
@@ -286,6 +307,10 @@ int cumem__engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned ch
              "%.1f ms finishing discards, %.1f ms in all", n, t_sync * 1e3, t_wait * 1e3, njobs,
              t_register * 1e3, t_copy * 1e3, t_release_copied * 1e3, t_discards * 1e3,
              (cumem__now() - t0) * 1e3);
+  if (sk_log.nfingerprinted)
+    cumem__log("skip unchanged: %zu allocations (%.2f GiB) fingerprinted, %.1f ms queueing, %.1f ms waiting; "
+               "%.2f GiB not copied", sk_log.nfingerprinted, sk_log.bytes_fingerprinted / 1073741824.0,
+               sk_log.t_queue * 1e3, sk_log.t_wait * 1e3, sk_log.bytes_skipped / 1073741824.0);
   free(discard);
   free(jobs);
   free(first);
@@ -466,7 +491,7 @@ static int release_backups(cumem_t *cm, alloc_t **list, size_t n) {
     rc = cumem__hostbuf_free(cm->backend, &list[i]->backup);
     if (rc) return rc;
   }
-  return 0;
+  return cumem__skip_give_back(cm);
 }
 
 int cumem_release_backup(cumem_t *cm, const char *const *tags) {

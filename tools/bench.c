@@ -7,7 +7,10 @@
  * retention off and the weights in prepare-ahead mode, the first sleep
  * (pinned ahead in the background), the wake, and how long after it the host
  * memory is back (RSS); then pinning ahead with a call and the first sleep
- * after it. The restored weights are verified byte for byte.
+ * after it; and the sleeps that skip unchanged copy chunks (weights
+ * unchanged, 1% of the chunks changed, every chunk changed: the cost of
+ * fingerprinting), beside the fingerprint kernel's own rate. The restored
+ * weights are verified byte for byte.
  *
  * For the several-GPU runs (bench/concurrent.py): CUMEM_BENCH_BARRIER=DIR:N
  * lines the N processes up before each timed phase; CUMEM_BENCH_PRETOUCH_GIB
@@ -26,7 +29,29 @@
 
 /* ---- the link, through the backend directly ---- */
 
-typedef struct link { double d2h, h2d; } link_t;
+typedef struct link {
+  double d2h, h2d;
+  double fingerprint; /* GB/s of the backend's fingerprint (the GPU kernel); 0: unavailable */
+} link_t;
+
+/* Fingerprint the link's buffer on the device in copy-chunk pieces: best of
+ * 3 passes after one that warms up (and loads the kernel). Not fatal: the
+ * skip rows then show what sleep does without it. */
+static void measure_fingerprint(cumem_backend_t *b, uintptr_t va, size_t total, uint64_t *out, void *stream,
+                                link_t *link) {
+  const size_t chunk = 64 * MiB;
+  double best = 1e30;
+  int rc = b->fingerprint ? 0 : CUMEM_ENOTSUP;
+  for (int pass = 0; pass < 4 && !rc; pass++) {
+    double t0 = now_seconds();
+    rc = b->fingerprint(b, va, chunk, total, out, stream);
+    if (!rc) rc = b->stream_synchronize(b, stream);
+    double t = now_seconds() - t0;
+    if (pass > 0 && t < best) best = t;
+  }
+  if (rc) tool_fail("fingerprint (sleep then copies every chunk)", rc);
+  link->fingerprint = rc ? 0 : (double)total / best / 1e9;
+}
 
 /* Best of 3 passes of `want` bytes (rounded up to the granularity) in
  * copies of up to 256 MiB on one stream. */
@@ -78,6 +103,7 @@ static int measure_link(const tool_args_t *a, size_t want, link_t *out) {
     if (dir == 0) out->d2h = (double)total / best / 1e9;
     else out->h2d = (double)total / best / 1e9;
   }
+  if (!rc) measure_fingerprint(b, va, total, (uint64_t *)host, stream, out);
   if (stream) b->stream_destroy(b, stream);
   if (registered) b->host_unregister(b, host);
   if (host != MAP_FAILED) munmap(host, total);
@@ -188,7 +214,15 @@ static void pretouch(void) {
   munmap(p, n);
 }
 
-#define MAX_ROWS 16
+#define MAX_ROWS 20
+
+/* The sleeps that skip unchanged copy chunks (medians, seconds). */
+typedef struct skip_result {
+  double record, unchanged, one_percent, everything;
+  double plain_warm;                          /* the warm sleep they compare with */
+  size_t chunks, changed, copied_one_percent; /* copy chunks; of them changed (1%); bytes copied */
+  size_t copy_chunk;
+} skip_result_t;
 
 /* Everything bench measured, for the table or the JSON document. */
 typedef struct results {
@@ -212,6 +246,7 @@ typedef struct results {
   double fill_s, fill_alone_s; /* filling the weights with / without pinning meanwhile */
   int numa_node;
   int on_gpu;
+  skip_result_t skip;
 } results_t;
 
 static void add_row(results_t *r, const char *step, size_t bytes, double seconds, double link) {
@@ -250,6 +285,143 @@ static int verify(cumem_t *cm, const workload_t *w, unsigned seed, results_t *r)
     var = now_seconds() - t0_;         \
   } while (0)
 
+/* ---- skipping unchanged copy chunks ---- */
+
+static int set_skip(cumem_t *cm, const char *tag, int on) {
+  cumem_tag_options_t t;
+  int rc = cumem_tag_get_options(cm, tag, &t);
+  if (rc) return rc;
+  t.skip_unchanged = on;
+  return cumem_tag_set_options(cm, tag, &t);
+}
+
+/* The first page of one copy chunk of the weights: what a round changes. */
+typedef struct mark {
+  char *at;
+  size_t len;
+  unsigned char saved[4096]; /* the content before */
+} mark_t;
+
+/* The copy chunks of the weights, in order. */
+static mark_t *list_chunks(cumem_t *cm, const workload_t *w, size_t copy_chunk, size_t *count) {
+  size_t n = 0, cap = 1024;
+  mark_t *m = malloc(cap * sizeof *m);
+  for (size_t t = 0; m && t < w->n; t++) {
+    cumem_alloc_info_t info;
+    if (cumem_query(cm, w->ptr[t], &info)) break;
+    for (size_t off = 0; off < info.size; off += copy_chunk) {
+      if (n == cap) {
+        mark_t *bigger = realloc(m, 2 * cap * sizeof *m);
+        if (!bigger) {
+          free(m);
+          return NULL;
+        }
+        m = bigger;
+        cap *= 2;
+      }
+      size_t len = info.size - off < sizeof m->saved ? info.size - off : sizeof m->saved;
+      m[n++] = (mark_t){(char *)info.ptr + off, len, {0}};
+    }
+  }
+  *count = n;
+  return m;
+}
+
+/* Change the first page of every `every`-th chunk to `value` (0: back to
+ * what it held), or check that it holds `value` (mismatches clear *ok). */
+static int mark_chunks(cumem_t *cm, mark_t *m, size_t n, size_t every, int value, int check, int *ok) {
+  unsigned char page[4096];
+  int rc = 0;
+  for (size_t i = 0; !rc && i < n; i += every) {
+    if (check) {
+      rc = cumem_copy_to_host(cm, page, m[i].at, m[i].len);
+      for (size_t j = 0; !rc && j < m[i].len; j++)
+        if (page[j] != (unsigned char)value) *ok = 0;
+    } else if (value) {
+      rc = cumem_memset(cm, m[i].at, value, m[i].len);
+    } else {
+      rc = cumem_copy_to_device(cm, m[i].at, m[i].saved, m[i].len);
+    }
+  }
+  return rc;
+}
+
+/* Sleep (weights offloaded, cache discarded) and wake, r->rounds times,
+ * changing the first page of every `every`-th chunk before each sleep
+ * (every = 0: nothing): the median sleep, and the bytes each copied must
+ * equal `want_copied` (SIZE_MAX: not checked; the last one's is returned). */
+static int skip_rounds(cumem_t *cm, mark_t *m, size_t every, int first_value, size_t want_copied, double *sl,
+                       results_t *r, double *median_s, size_t *copied) {
+  const char *W[] = {"weights", NULL};
+  int rc = 0;
+  for (int i = 0; !rc && i < r->rounds; i++) {
+    int value = first_value + i;
+    if (every) rc = mark_chunks(cm, m, r->skip.chunks, every, value, 0, NULL);
+    if (!rc) TIMED(sl[i], cumem_sleep(cm, NULL, W));
+    cumem_stats_t s;
+    if (!rc) rc = cumem_stats(cm, "weights", &s);
+    if (!rc) {
+      *copied = s.bytes_backed_up - s.bytes_skipped;
+      if (s.bytes_backed_up != r->moved || (want_copied != SIZE_MAX && *copied != want_copied)) r->verified = 0;
+    }
+    if (!rc) rc = cumem_wake(cm, NULL);
+    if (!rc && every) rc = mark_chunks(cm, m, r->skip.chunks, every, value, 1, &r->verified);
+  }
+  if (rc) tool_fail("skip unchanged", rc);
+  else *median_s = median(sl, r->rounds);
+  return rc;
+}
+
+/* The skip rows: the first sleep records fingerprints, then unchanged, 1%
+ * of the copy chunks changed, every chunk changed; then the weights back to
+ * their pattern through one more skipping cycle, and checked. */
+static int bench_skip(cumem_t *cm, const workload_t *w, size_t copy_chunk, double *sl, results_t *r) {
+  const char *W[] = {"weights", NULL};
+  skip_result_t *k = &r->skip;
+  k->copy_chunk = copy_chunk;
+  mark_t *m = list_chunks(cm, w, copy_chunk, &k->chunks);
+  int rc = m ? 0 : CUMEM_ENOHOST;
+  for (size_t i = 0; !rc && i < k->chunks; i++) rc = cumem_copy_to_host(cm, m[i].saved, m[i].at, m[i].len);
+  if (!rc) rc = set_skip(cm, "weights", 1);
+  if (rc) tool_fail("skip unchanged", rc);
+  double t;
+  size_t copied = 0;
+  if (!rc) {
+    tool_progress("skip unchanged: the first sleep records fingerprints");
+    TIMED(t, cumem_sleep(cm, NULL, W));
+    if (!rc) rc = cumem_wake(cm, NULL);
+    if (rc) tool_fail("skip unchanged", rc);
+    k->record = t;
+  }
+  if (!rc) {
+    tool_progress("skip unchanged: weights unchanged");
+    rc = skip_rounds(cm, m, 0, 0, 0, sl, r, &k->unchanged, &copied);
+  }
+  if (!rc) rc = verify(cm, w, 1, r);
+  k->changed = (k->chunks + 99) / 100;
+  if (!rc) {
+    tool_progress("skip unchanged: 1%% of the copy chunks changed");
+    rc = skip_rounds(cm, m, 100, 0x11, SIZE_MAX, sl, r, &k->one_percent, &k->copied_one_percent);
+  }
+  if (!rc) {
+    tool_progress("skip unchanged: every copy chunk changed (the cost of fingerprinting)");
+    rc = skip_rounds(cm, m, 1, 0x61, r->moved, sl, r, &k->everything, &copied);
+  }
+  if (!rc) rc = mark_chunks(cm, m, k->chunks, 1, 0, 0, NULL);
+  if (!rc) rc = cumem_sleep(cm, NULL, W);
+  if (!rc) rc = cumem_wake(cm, NULL);
+  if (rc && m) tool_fail("skip unchanged", rc);
+  if (!rc) rc = verify(cm, w, 1, r);
+  free(m);
+  if (!rc) {
+    add_row(r, "skip: first sleep, fingerprints recorded", r->moved, k->record, r->link.d2h);
+    add_row(r, "skip: sleep, weights unchanged (median)", r->moved, k->unchanged, r->link.d2h);
+    add_row(r, "skip: sleep, 1% of chunks changed (median)", r->moved, k->one_percent, r->link.d2h);
+    add_row(r, "skip: sleep, every chunk changed (median)", r->moved, k->everything, r->link.d2h);
+  }
+  return rc;
+}
+
 /* The measurements, in order; returns 0 or the first cumem error (already
  * reported). `*cm` may be reopened (retention off). */
 static int run_bench(const tool_args_t *a, cumem_options_t *o, cumem_t **cm, workload_t *w, workload_t *kv,
@@ -275,6 +447,7 @@ static int run_bench(const tool_args_t *a, cumem_options_t *o, cumem_t **cm, wor
                 fmt_bytes(kbytes, b2), info.name);
   rc = workload_alloc_weights(*cm, w, wbytes, "weights");
   if (!rc) rc = workload_alloc_kv(*cm, kv, kbytes, "kv_cache");
+  if (!rc) rc = set_skip(*cm, "weights", 0); /* plain copies, whatever the default; the skip rows turn it on */
   if (rc) { tool_fail("allocate", rc); return rc; }
   tool_progress("filling the weights with a known pattern");
   double fill0 = now_seconds();
@@ -307,7 +480,8 @@ static int run_bench(const tool_args_t *a, cumem_options_t *o, cumem_t **cm, wor
     TIMED(wk[i], cumem_wake(*cm, NULL));
     if (rc) { tool_fail("wake", rc); return rc; }
   }
-  add_row(r, "warm sleep (median)", r->moved, median(sl, r->rounds), r->link.d2h);
+  r->skip.plain_warm = median(sl, r->rounds); /* what the skip rows compare with */
+  add_row(r, "warm sleep (median)", r->moved, r->skip.plain_warm, r->link.d2h);
   add_row(r, "wake (median)", r->moved, median(wk, r->rounds), r->link.h2d);
   if ((rc = verify(*cm, w, 1, r))) return rc;
 
@@ -320,6 +494,10 @@ static int run_bench(const tool_args_t *a, cumem_options_t *o, cumem_t **cm, wor
   }
   add_row(r, "discard-only sleep, KV cache (median)", 0, median(sl, r->rounds), 0);
   add_row(r, "discard-only wake, KV cache (median)", 0, median(wk, r->rounds), 0);
+
+  /* Skipping unchanged copy chunks: GB/s are effective (bytes put to sleep
+   * per second), so they can exceed the link. */
+  if ((rc = bench_skip(*cm, w, o->copy_chunk, sl, r))) return rc;
 
   /* Retention off, prepare-ahead mode for the weights: the background
    * worker pins their backup once the tag stops growing (no call), the wake
@@ -386,6 +564,7 @@ static void print_json(const results_t *r, int exit_code) {
   json_uint(&j, "link_bytes", r->link_bytes);
   json_number(&j, "link_d2h_gbps", r->link.d2h);
   json_number(&j, "link_h2d_gbps", r->link.h2d);
+  json_number(&j, "fingerprint_gbps", r->link.fingerprint);
   json_array(&j, "steps");
   for (int i = 0; i < r->nrows; i++) {
     const row_t *row = &r->rows[i];
@@ -409,6 +588,18 @@ static void print_json(const results_t *r, int exit_code) {
   json_number(&j, "fill_seconds", r->fill_s);
   json_number(&j, "fill_alone_seconds", r->fill_alone_s);
   json_int(&j, "numa_node", r->numa_node);
+  json_object(&j, "skip");
+  json_uint(&j, "copy_chunk_bytes", r->skip.copy_chunk);
+  json_uint(&j, "copy_chunks", r->skip.chunks);
+  json_uint(&j, "changed_chunks_1pct", r->skip.changed);
+  json_uint(&j, "bytes_copied_1pct", r->skip.copied_one_percent);
+  json_number(&j, "record_seconds", r->skip.record);
+  json_number(&j, "unchanged_seconds", r->skip.unchanged);
+  json_number(&j, "one_percent_seconds", r->skip.one_percent);
+  json_number(&j, "every_chunk_seconds", r->skip.everything);
+  json_number(&j, "plain_warm_seconds", r->skip.plain_warm);
+  json_number(&j, "every_chunk_over_plain", r->skip.plain_warm > 0 ? r->skip.everything / r->skip.plain_warm : 0);
+  json_end(&j);
   json_bool(&j, "verified", r->checked && r->verified);
   tool_json_end(&j, exit_code);
 }
@@ -417,8 +608,10 @@ static void print_table(const results_t *r) {
   char b1[32], b2[32];
   printf("\ncumem bench on %s (%s backend)\n", r->device, r->backend);
   printf("weights %s (offloaded), KV cache %s (discarded)\n", fmt_bytes(r->moved, b1), fmt_bytes(r->kv_bytes, b2));
-  printf("link (pinned, %s each way): device->host %.1f GB/s, host->device %.1f GB/s\n\n",
+  printf("link (pinned, %s each way): device->host %.1f GB/s, host->device %.1f GB/s\n",
          fmt_bytes(r->link_bytes, b1), r->link.d2h, r->link.h2d);
+  printf("fingerprint on the device (%s in 64 MiB chunks): %.1f GB/s\n\n", fmt_bytes(r->link_bytes, b1),
+         r->link.fingerprint);
   printf("| %-48s | %9s | %8s | %9s |\n", "step", "seconds", "GB/s", "% of link");
   printf("|%s|%s|%s|%s|\n", "--------------------------------------------------", "-----------", "----------",
          "-----------");
@@ -430,7 +623,14 @@ static void print_table(const results_t *r) {
     else
       printf("| %-48s | %9.4f | %8s | %9s |\n", row->step, row->seconds, "-", "-");
   }
-  printf("\nretention off: the backup was given back %.0f ms after wake returned", r->give_back_s * 1e3);
+  const skip_result_t *k = &r->skip;
+  printf("\nskip unchanged (%zu copy chunks of %s): unchanged %.1f ms (target <= 30), 1%% changed %.1f ms "
+         "(%zu chunks, %s copied; target <= 40), every chunk changed %.1f ms = %.3f x the plain warm sleep "
+         "(target <= 1.05; on by default if <= 1.02)\n",
+         k->chunks, fmt_bytes(k->copy_chunk, b1), k->unchanged * 1e3, k->one_percent * 1e3, k->changed,
+         fmt_bytes(k->copied_one_percent, b2), k->everything * 1e3,
+         k->plain_warm > 0 ? k->everything / k->plain_warm : 0);
+  printf("retention off: the backup was given back %.0f ms after wake returned", r->give_back_s * 1e3);
   if (r->on_gpu)
     printf(" (RSS within 1%% %.0f ms after); RSS held when wake returned: %s, after: %s (%.2f%% of the "
            "backup)\n", r->rss_drop_s * 1e3, fmt_bytes((size_t)r->rss_held_at_wake, b1),

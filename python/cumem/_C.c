@@ -204,6 +204,7 @@ static PyObject *stats_dict(const cumem_stats_t *s) {
   SET_ITEM(d, "bytes_asleep", PyLong_FromSize_t(s->bytes_asleep));
   SET_ITEM(d, "bytes_backed_up", PyLong_FromSize_t(s->bytes_backed_up));
   SET_ITEM(d, "bytes_host_held", PyLong_FromSize_t(s->bytes_host_held));
+  SET_ITEM(d, "bytes_skipped", PyLong_FromSize_t(s->bytes_skipped));
   SET_ITEM(d, "bytes_on_disk", PyLong_FromSize_t(s->bytes_on_disk));
   SET_ITEM(d, "bytes_host_pinned", PyLong_FromSize_t(s->bytes_host_pinned));
   return d;
@@ -1129,7 +1130,7 @@ static PyTypeObject InstanceType = {
               "retain_backup=None, copy_chunk=None, host_threads=None, "
               "release_threads=None, verbose=None, fault=False, disk_dir=None, "
               "prepare_ahead=None, prepare_ahead_delay_ms=None, numa=None, "
-              "register_lock=None)\n--\n\n"
+              "register_lock=None, skip_unchanged=None)\n--\n\n"
               "One cumem instance (cumem_open), with its own allocations, "
               "tags and backups. Options are cumem_options_t's fields by name "
               "(an int, or a str such as \"64M\"); left None they keep their "
@@ -1137,7 +1138,9 @@ static PyTypeObject InstanceType = {
               "raises CumemError (EINVAL) naming the option and what it "
               "allows. fault=True wraps the backend in the fault-injecting "
               "one, for tests (see fault_arm); disk_dir (a path) is where "
-              "tags with backup=\"disk\" sleep. close() refuses (EBUSY) while "
+              "tags with backup=\"disk\" sleep; skip_unchanged=True makes "
+              "sleeps copy only the copy chunks that changed since the "
+              "retained backup was written. close() refuses (EBUSY) while "
               "other threads' calls run on the instance. Use cumem.default() "
               "for the process-wide instance that PyTorch allocations go to.",
     .tp_methods = Instance_methods,

@@ -63,6 +63,7 @@ class Instance:
         prepare_ahead_delay_ms: Optional[int] = None,
         numa: Union[None, int, str] = None,
         register_lock: Union[None, str, bytes, "os.PathLike[str]"] = None,
+        skip_unchanged: Union[None, bool, int] = None,
     ) -> None: ...
     @property
     def backend(self) -> str:

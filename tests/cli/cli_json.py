@@ -126,8 +126,12 @@ def bench_reports_every_step():
     assert doc["weights_bytes"] >= 16 * MiB and doc["kv_bytes"] >= 8 * MiB, doc
     assert doc["link_bytes"] == 256 * MiB and doc["link_d2h_gbps"] > 0 and doc["link_h2d_gbps"] > 0
     steps = [s["step"] for s in doc["steps"]]
-    assert steps[0].startswith("cold sleep") and len(steps) == 10, steps
+    assert steps[0].startswith("cold sleep") and len(steps) == 14, steps
     assert "first sleep, prepare-ahead mode (no call)" in steps, steps
+    assert "skip: sleep, every chunk changed (median)" in steps, steps
+    skip = doc["skip"]
+    assert skip["copy_chunks"] >= 1 and skip["unchanged_seconds"] > 0 and skip["every_chunk_over_plain"] > 0, skip
+    assert doc["fingerprint_gbps"] > 0, doc
     assert doc["give_back_seconds"] >= 0 and doc["prepare_ahead_ready_seconds"] >= 0, doc
     for s in doc["steps"]:
         assert s["seconds"] >= 0, s

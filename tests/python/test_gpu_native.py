@@ -122,3 +122,29 @@ def test_out_of_memory_wake_raises_and_loses_nothing(cm):
     release_torch_cache()
     cm.wake(W)
     assert torch.equal(w.cpu(), expected)
+
+
+def test_skip_unchanged_copies_only_changed_chunks_and_restores_them(cm):
+    import torch
+
+    T = "native-skip"
+    cm.default().set_tag_options(T, skip_unchanged=True)
+    with cm.pool(T):
+        w = torch.randn(48 * MiB, device="cuda")  # 192 MiB: several 64 MiB copy chunks
+    expected = w.cpu()
+    cm.sleep(T, T)  # the first sleep records the fingerprints
+    cm.wake(T)
+    cm.sleep(T, T)
+    s = cm.stats(T)
+    assert s["bytes_backed_up"] >= w.nbytes and s["bytes_skipped"] == s["bytes_backed_up"]
+    cm.wake(T)
+    assert torch.equal(w.cpu(), expected)
+    w[7] += 1.0  # first chunk
+    w[-1] = -7.0  # last chunk
+    expected[7] += 1.0
+    expected[-1] = -7.0
+    cm.sleep(T, T)
+    s = cm.stats(T)
+    assert 0 < s["bytes_skipped"] < s["bytes_backed_up"]
+    cm.wake(T)
+    assert torch.equal(w.cpu(), expected)
