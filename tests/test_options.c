@@ -35,6 +35,7 @@ static const spec_t specs[] = {
     {"verbose", "CUMEM_VERBOSE", INT, "0", "1", NULL, "2", 1, 1, 0},
     {"prepare_ahead_delay_ms", "CUMEM_PREPARE_AHEAD_DELAY_MS", INT, "0", "86400000", NULL, "86400001", 1, 1, 0},
     {"numa", "CUMEM_NUMA", INT, "auto", "1", "-2", "2", 1, 1, 1},
+    {"skip_unchanged", "CUMEM_SKIP_UNCHANGED", INT, "0", "1", NULL, "2", 1, 1, 0},
 };
 /* The string options without a fixed set of values (prepare_ahead,
  * register_lock, disk_dir) are checked by the code that uses them at open

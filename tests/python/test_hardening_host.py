@@ -51,6 +51,7 @@ SPECS = [
     ("verbose", "CUMEM_VERBOSE", "int", 0, 1, -1, 2),
     ("prepare_ahead_delay_ms", "CUMEM_PREPARE_AHEAD_DELAY_MS", "int", 0, 86400000, -1, 86400001),
     ("numa", "CUMEM_NUMA", "int", -1, 1, -2, 2),
+    ("skip_unchanged", "CUMEM_SKIP_UNCHANGED", "int", 0, 1, -1, 2),
 ]
 
 
