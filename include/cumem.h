@@ -13,7 +13,35 @@
  *    global error: a failure never poisons later calls.
  *  - a failed call changes nothing, or leaves a state that a retry completes
  *    (documented per call). No call exits or aborts the process.
+ *  - one rule per kind of error, whatever the call:
+ *      CUMEM_EINVAL     a malformed argument: NULL for any pointer argument;
+ *                       size 0 for cumem_alloc; a tag name that is empty or
+ *                       longer than CUMEM_TAG_MAX; an address inside a live
+ *                       allocation but not at its start, where the start is
+ *                       required (free, unmap_release, create_map); an
+ *                       access past the end of its allocation or to memory
+ *                       that is asleep; an option that is not allowed;
+ *      CUMEM_ENOTFOUND  an address in no live allocation. The address is
+ *                       checked before the length: copying or setting 0
+ *                       bytes at an unknown address is CUMEM_ENOTFOUND too;
+ *      CUMEM_ENOTAG     a well-formed tag name that was never used (in tag
+ *                       lists, cumem_stats, cumem_tag_get_options).
  *  - every call is thread-safe; sleep and wake serialize with alloc and free.
+ *    Calls on one instance are served in the order they arrive (a FIFO
+ *    lock): a call waits at most for the calls queued before it, so a thread
+ *    that sleeps and wakes back to back cannot hold off other threads'
+ *    cumem_stats or cumem_alloc for more than the call in progress and the
+ *    ones already queued. cumem_close lets calls that wait for the instance
+ *    through before it frees it; no call may start on it once close has
+ *    returned 0 (Python's Instance.close() refuses with CUMEM_EBUSY while
+ *    other threads' calls run).
+ *  - fork(): in a child process every call on an instance opened before the
+ *    fork, and cumem_default() when its instance was, returns CUMEM_EFORKED
+ *    at once, even when another thread of the parent was inside a call (a
+ *    sleep, say) at the moment of the fork; nothing hangs and nothing
+ *    touches the parent's memory. CUDA does not survive fork(): a child that
+ *    needs GPU memory must exec; on the host backend a child may open a new
+ *    instance. The parent's instances are not freed in the child.
  */
 #ifndef CUMEM_H
 #define CUMEM_H
@@ -92,31 +120,36 @@ CUMEM_API const char *cumem_last_error(void);
 
 typedef struct cumem_options {
   const char *backend;  /* "auto" (default), "cuda" or "host"; CUMEM_BACKEND */
-  size_t chunk_size;    /* physical backing in chunks of this many bytes;
-                           0 = one handle per allocation; CUMEM_CHUNK_SIZE_MB */
-  int zero_on_wake;     /* discarded allocations read zero after wake;
+  size_t chunk_size;    /* physical backing in chunks of this many bytes,
+                           rounded up to the granularity; 0 = one handle per
+                           allocation (default); up to 1 TiB;
+                           CUMEM_CHUNK_SIZE_MB */
+  int zero_on_wake;     /* 0/1: discarded allocations read zero after wake;
                            CUMEM_ZERO_ON_WAKE (default 0) */
-  int retain_backup;    /* keep pinned host backups after wake for the next
-                           sleep; CUMEM_RETAIN_BACKUP (default 1) */
-  size_t copy_chunk;    /* bytes per host<->device copy; CUMEM_COPY_CHUNK_MB
-                           (default 64) */
-  int host_threads;     /* threads preparing pinned host memory;
+  int retain_backup;    /* 0/1: keep pinned host backups after wake for the
+                           next sleep; CUMEM_RETAIN_BACKUP (default 1) */
+  size_t copy_chunk;    /* bytes per host<->device copy and per pinned host
+                           segment: a multiple of the page size, from 4 KiB
+                           to 1 TiB; CUMEM_COPY_CHUNK_MB (default 64 MiB) */
+  int host_threads;     /* threads preparing pinned host memory, 1 to 256;
                            CUMEM_HOST_THREADS (default: min(8, cores)) */
   int release_threads;  /* threads releasing discarded allocations while the
-                           copies run; CUMEM_RELEASE_THREADS (default 4) */
-  int verbose;          /* print what the library decides to stderr;
-                           CUMEM_VERBOSE */
+                           copies run, 1 to 64; CUMEM_RELEASE_THREADS
+                           (default 4) */
+  int verbose;          /* 0/1: this instance prints what it decides, its
+                           timings and its errors to stderr; CUMEM_VERBOSE */
   const char *prepare_ahead; /* tags whose host backups are pinned in the
                            background ahead of the first sleep: "a,b" or
                            "all"; NULL or "" = none (a tag's own
                            prepare_ahead option overrides); the instance
                            keeps a copy. CUMEM_PREPARE_AHEAD */
   int prepare_ahead_delay_ms; /* ... starting once the tag has had no new
-                           allocation for this long; CUMEM_PREPARE_AHEAD_
-                           DELAY_MS (default 1000) */
+                           allocation for this long, 0 to 86400000;
+                           CUMEM_PREPARE_AHEAD_DELAY_MS (default 1000) */
   int numa;             /* host backups on the NUMA node nearest their GPU:
                            1 always, 0 never, -1 where the machine has more
-                           than one node (default); CUMEM_NUMA */
+                           than one node (default); CUMEM_NUMA (also
+                           "auto" = -1) */
   const char *register_lock; /* an experiment: a file path; processes that
                            name the same file page-lock host memory one at
                            a time (NULL = no lock); CUMEM_REGISTER_LOCK */
@@ -130,19 +163,45 @@ typedef struct cumem_options {
                            device and copy only those that changed since
                            the retained backup was written (per tag:
                            cumem_tag_options_t); CUMEM_SKIP_UNCHANGED */
+  const char *invalid_env; /* NULL, or the name of the first CUMEM_*
+                           variable cumem_options_init could not use
+                           (malformed, negative, overflowing or out of
+                           range). cumem_open refuses such options with
+                           CUMEM_EINVAL naming the variable, its value and
+                           the allowed values; setting that option with
+                           cumem_options_set clears it. */
 } cumem_options_t;
 
-/* Fill *opts with the defaults, then apply the CUMEM_* environment. */
+/* Fill *opts with the defaults, then apply the CUMEM_* environment. Sizes
+ * from the environment may carry a unit ("1.5G", "512K"); a bare number
+ * counts the unit of the name (MiB for *_MB). A variable set to the empty
+ * string counts as unset. Values are checked again by cumem_open. */
 CUMEM_API void cumem_options_init(cumem_options_t *opts);
+
+/* Set the option `name` (the field's name: "copy_chunk", "verbose", ...)
+ * from text, read as its environment variable would be except that a size
+ * without a unit counts bytes ("65536", "64M", "1.5GiB"). A string value is
+ * not copied: it must live until cumem_open returns. CUMEM_EINVAL, with a
+ * detail naming the option and its allowed values, for an unknown name or a
+ * malformed or out-of-range value; *opts is then unchanged. */
+CUMEM_API int cumem_options_set(cumem_options_t *opts, const char *name,
+                                const char *value);
 
 /* ---- instances --------------------------------------------------------- */
 
 typedef struct cumem cumem_t;
 
-/* Open an instance. opts may be NULL (cumem_options_init's values). Fails
- * with CUMEM_ENODRIVER if "cuda" is asked for and no driver/GPU answers. */
+/* Open an instance. opts may be NULL (cumem_options_init's values). Every
+ * option is validated first: CUMEM_EINVAL names the first one not allowed
+ * (and its CUMEM_* variable when the value came from the environment) with
+ * its allowed values. Fails with CUMEM_ENODRIVER if "cuda" is asked for and
+ * no driver/GPU answers. String options need not outlive the call. */
 CUMEM_API int cumem_open(cumem_t **out, const cumem_options_t *opts);
-/* Free every allocation and backup, then the instance. NULL is a no-op. */
+/* Free every allocation and backup, then the instance. NULL is a no-op.
+ * Calls of other threads that are waiting for the instance meanwhile are
+ * let through first (they find it emptied): it is never freed under them.
+ * On failure the instance stays open and usable, and close can be
+ * retried. */
 CUMEM_API int cumem_close(cumem_t *cm);
 /* "cuda" or "host" (or a custom backend's name). */
 CUMEM_API const char *cumem_backend_name(const cumem_t *cm);
@@ -257,8 +316,11 @@ CUMEM_API int cumem_wake(cumem_t *cm, const char *const *tags);
 /* Pin host backup memory for these tags' allocations ahead of time, so that
  * the first sleep only copies. NULL = every tag. */
 CUMEM_API int cumem_prepare_backup(cumem_t *cm, const char *const *tags);
-/* Give back the retained backups of awake allocations (munmap: RSS drops),
- * and staging buffers of the disk tier that a failed call could not. */
+/* Give back every host backup that holds no content still to restore
+ * (munmap: RSS drops): retained ones of awake allocations, and the buffers
+ * kept for reuse by allocations whose content a sleep discarded (asleep or
+ * not); and staging buffers of the disk tier that a failed call could not.
+ * Backups of allocations asleep with their content are kept. */
 CUMEM_API int cumem_release_backup(cumem_t *cm, const char *const *tags);
 
 /* Background work. Each instance has a worker thread (started on first
@@ -294,12 +356,28 @@ CUMEM_API int cumem_drain(cumem_t *cm);
  * from there to the end of the allocation. The backup holds the content the
  * last sleep saved — while asleep, and after wake as long as it is retained
  * (it is not updated by later writes to the device). CUMEM_ENOTFOUND when
- * ptr is not live or no sleep has saved its content in host memory (a
- * disk backup has no host view). The view is valid
- * until the backup is released (wake without retention, release_backup,
- * free). */
+ * ptr is not live or no host backup holds valid content: no sleep has
+ * saved it yet, the last sleep discarded the allocation (a retained buffer
+ * may still be held for the next offloading sleep, but never as its
+ * content), or the content is on disk (a disk backup has no host view).
+ * The view is valid until the backup is given back (wake without
+ * retention, release_backup, free, close); cumem_backup_pin keeps it. */
 CUMEM_API int cumem_backup_view(cumem_t *cm, const void *ptr, void **host,
                                 size_t *len);
+
+/* As cumem_backup_view, and keep the viewed memory mapped until
+ * cumem_backup_unpin, whatever happens meanwhile: a free (from any thread,
+ * PyTorch's included), release_backup, a wake without retention, or
+ * cumem_close. The backup is then detached from its allocation (a later
+ * sleep gets new memory) and the pinned memory keeps the bytes it had; it is
+ * unmapped when its last pin is dropped. While the backup stays attached,
+ * the view sees what later sleeps write into it. */
+typedef struct cumem_backup_pin cumem_backup_pin_t;
+CUMEM_API int cumem_backup_pin(cumem_t *cm, const void *ptr, void **host,
+                               size_t *len, cumem_backup_pin_t **pin);
+/* Drop one pin. Thread-safe; needs no instance (it may be closed). NULL is a
+ * no-op. */
+CUMEM_API void cumem_backup_unpin(cumem_backup_pin_t *pin);
 
 /* One allocation at a time, for the vLLM seed ABI: release the physical
  * memory of the allocation at ptr without a backup / create it again. */
@@ -322,7 +400,10 @@ typedef struct cumem_stats {
   size_t bytes_mapped;    /* of which backed by physical memory now */
   size_t bytes_asleep;    /* of which released */
   size_t bytes_backed_up; /* content held in backups while asleep */
-  size_t bytes_host_held; /* host backup memory held, retained included */
+  size_t bytes_host_held; /* host backup memory held: with content to
+                             restore, retained after wake, or kept for
+                             reuse after a discarding sleep (not memory
+                             detached to pins) */
   size_t bytes_on_disk;   /* of bytes_backed_up, held in files under
                              disk_dir */
   size_t bytes_host_pinned; /* of bytes_host_held, page-locked (ready for

@@ -10,15 +10,18 @@
  * instead of corrupting memory. Copies are synchronous; streams and events
  * are tokens.
  *
- * Emulation settings: CUMEM_HOST_DEVICES (1), CUMEM_HOST_MEMORY_MB per
- * device (8192), CUMEM_HOST_GRANULARITY_KB (2048, as on an H200), and
- * CUMEM_HOST_POISON=1, which fills new physical memory with 0xA5 instead of
- * zeros (fresh memfd pages read zero, which would hide a missing zeroing),
- * and CUMEM_HOST_NUMA_NODE, the NUMA node the devices report (default -1,
- * unknown). */
+ * Emulation settings: CUMEM_HOST_DEVICES (1 to 64, default 1),
+ * CUMEM_HOST_MEMORY_MB per device (default 8192; units allowed, "16G"),
+ * CUMEM_HOST_GRANULARITY_KB (a power of two and a multiple of the page size;
+ * default 2048, as on an H200), CUMEM_HOST_POISON=1, which fills new
+ * physical memory with 0xA5 instead of zeros (fresh memfd pages read zero,
+ * which would hide a missing zeroing), and CUMEM_HOST_NUMA_NODE, the NUMA
+ * node the devices report (default -1, unknown). A value that is not
+ * allowed makes cumem_backend_host fail with CUMEM_EINVAL naming it. */
 #define _GNU_SOURCE /* memfd_create */
 #include "internal.h"
 #include "fingerprint.h"
+#include "options.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -134,6 +137,8 @@ static int host_reserve(cumem_backend_t *b, int device, size_t size, uintptr_t *
   (void)device;
   int rc = check_aligned(h, "reserve", 0, size);
   if (rc) return rc;
+  /* size + granularity cannot wrap: sizes reach the backend rounded and
+   * below the device's memory (at most 1 TiB here). */
   /* Over-reserve, then trim to a granularity-aligned range. */
   size_t span = size + h->granularity;
   void *p = mmap(NULL, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -419,18 +424,46 @@ static void host_destroy(cumem_backend_t *b) {
   free(b);
 }
 
-static size_t env_size(const char *name, size_t fallback, size_t unit) {
-  const char *s = getenv(name);
-  unsigned long long v = fallback;
-  if (s && *s) {
-    char *end;
-    v = strtoull(s, &end, 10);
-    if (*end || v == 0) v = fallback;
+/* The emulation settings, as option rows (src/options.h): each is read from
+ * its variable and refused, naming it and its allowed values, when
+ * malformed or out of range (a granularity of 12 KiB made every allocation
+ * fail later; a memory size of 2^64 MiB wrapped to 0 bytes). */
+typedef struct host_settings {
+  int devices;
+  size_t memory, granularity;
+  int poison, numa_node;
+} host_settings_t;
+
+static const cumem__option_t host_rows[] = {
+    {.env = "CUMEM_HOST_DEVICES", .type = CUMEM__OPT_INT, .offset = offsetof(host_settings_t, devices),
+     .min = 1, .max = HOST_MAX_DEVICES, .def = 1, .env_unit = 1},
+    {.env = "CUMEM_HOST_MEMORY_MB", .type = CUMEM__OPT_SIZE, .offset = offsetof(host_settings_t, memory),
+     .min = (long long)1 << 20, .max = CUMEM__OPT_SIZE_LIMIT, .flags = CUMEM__OPT_PAGE,
+     .def = (long long)8192 << 20, .env_unit = (size_t)1 << 20, .note = "per device"},
+    {.env = "CUMEM_HOST_GRANULARITY_KB", .type = CUMEM__OPT_SIZE, .offset = offsetof(host_settings_t, granularity),
+     .min = 4096, .max = (long long)1 << 30, .flags = CUMEM__OPT_PAGE | CUMEM__OPT_POW2,
+     .def = (long long)2 << 20, .env_unit = 1024},
+    {.env = "CUMEM_HOST_POISON", .type = CUMEM__OPT_INT, .offset = offsetof(host_settings_t, poison), .min = 0,
+     .max = 1, .def = 0, .env_unit = 1},
+    {.env = "CUMEM_HOST_NUMA_NODE", .type = CUMEM__OPT_INT, .offset = offsetof(host_settings_t, numa_node),
+     .min = -1, .max = 1023, .def = -1, .env_unit = 1, .note = "-1 = unknown"},
+};
+
+static int host_settings(host_settings_t *hs) {
+  size_t n = sizeof host_rows / sizeof host_rows[0];
+  cumem__options_defaults(host_rows, n, hs);
+  for (size_t i = 0; i < n; i++) {
+    int rc = cumem__option_from_env(&host_rows[i], hs);
+    if (rc) return rc;
   }
-  return (size_t)v * unit;
+  return 0;
 }
 
 int cumem_backend_host(cumem_backend_t **out) {
+  if (!out) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_backend_host: out is NULL");
+  host_settings_t hs;
+  int rc = host_settings(&hs);
+  if (rc) return rc;
   host_t *h = calloc(1, sizeof *h);
   cumem_backend_t *b = calloc(1, sizeof *b);
   if (!h || !b) {
@@ -439,17 +472,11 @@ int cumem_backend_host(cumem_backend_t **out) {
     return CUMEM_FAIL(CUMEM_ENOHOST, "host backend: out of host memory");
   }
   pthread_mutex_init(&h->mu, NULL);
-  h->ndevices = (int)env_size("CUMEM_HOST_DEVICES", 1, 1);
-  if (h->ndevices > HOST_MAX_DEVICES) h->ndevices = HOST_MAX_DEVICES;
-  h->capacity = env_size("CUMEM_HOST_MEMORY_MB", 8192, (size_t)1 << 20);
-  h->granularity = env_size("CUMEM_HOST_GRANULARITY_KB", 2048, 1024);
-  /* The NUMA node the emulated devices report (default -1: unknown). */
-  const char *node = getenv("CUMEM_HOST_NUMA_NODE");
-  h->numa_node = node && *node ? atoi(node) : -1;
-  const char *poison = getenv("CUMEM_HOST_POISON");
-  h->poison = poison && *poison == '1';
-  long page = sysconf(_SC_PAGESIZE);
-  if (h->granularity % (size_t)page) h->granularity = (h->granularity / (size_t)page + 1) * (size_t)page;
+  h->ndevices = hs.devices;
+  h->capacity = hs.memory;
+  h->granularity = hs.granularity;
+  h->poison = hs.poison;
+  h->numa_node = hs.numa_node;
   /* Every chunk is a file descriptor: allow as many as the system does. */
   struct rlimit rl;
   if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {

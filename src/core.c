@@ -2,6 +2,7 @@
  * engine is in sleep.c, host backups in hostmem.c, everything that touches a
  * device behind cm->backend. */
 #include "core.h"
+#include "options.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -17,7 +18,8 @@ static _Thread_local char current_tag[CUMEM_TAG_MAX + 1] = "default";
 static int check_tag_name(const char *tag) {
   if (!tag || !*tag) return CUMEM_FAIL(CUMEM_EINVAL, "a tag must be a non-empty string");
   if (strlen(tag) > CUMEM_TAG_MAX)
-    return CUMEM_FAIL(CUMEM_EINVAL, "tag \"%.20s...\" is longer than %d bytes", tag, CUMEM_TAG_MAX);
+    return CUMEM_FAIL(CUMEM_EINVAL, "tag \"%.*s...\" is longer than %d bytes", (int)cumem__utf8_prefix(tag, 20), tag,
+                      CUMEM_TAG_MAX);
   return 0;
 }
 
@@ -188,10 +190,21 @@ int cumem_open_backend(cumem_t **out, const cumem_options_t *opts, cumem_backend
     return CUMEM_FAIL(CUMEM_EINVAL, "out is NULL");
   }
   *out = NULL;
-  cumem_t *cm = calloc(1, sizeof *cm);
-  int rc = cm ? cumem__table_init(&cm->table) : CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for an instance");
+  cumem_options_t defaults;
+  if (!opts) {
+    cumem_options_init(&defaults);
+    opts = &defaults;
+  }
+  int rc = cumem__options_validate(opts);
+  int scope = cumem__log_scope(!rc && opts->verbose); /* this instance's verbosity from here on */
+  cumem_t *cm = rc ? NULL : calloc(1, sizeof *cm);
+  if (!rc && !cm) rc = CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for an instance");
+  int table = 0;
+  if (!rc) table = !(rc = cumem__table_init(&cm->table));
   if (!rc) {
-    if (opts) cm->opts = *opts; else cumem_options_init(&cm->opts);
+    cm->opts = *opts;
+    cm->opts.backend = NULL; /* the caller's string: only cumem_open needed it */
+    cm->opts.invalid_env = NULL;
     cm->backend = backend;
     rc = backend->device_count(backend, &cm->ndevices);
   }
@@ -210,12 +223,13 @@ int cumem_open_backend(cumem_t **out, const cumem_options_t *opts, cumem_backend
   if (!rc) rc = take_option_strings(cm);
   if (rc) {
     if (cm) {
-      cumem__table_destroy(&cm->table);
+      if (table) cumem__table_destroy(&cm->table);
       free(cm->ahead_tags);
       free(cm->disk_dir);
     }
     free(cm);
     backend->destroy(backend);
+    cumem__log_scope_restore(scope);
     return rc;
   }
   cm->numa_bind = cm->opts.numa == 1 || (cm->opts.numa == -1 && several_numa_nodes());
@@ -223,6 +237,7 @@ int cumem_open_backend(cumem_t **out, const cumem_options_t *opts, cumem_backend
   cumem__background_init(cm);
   cm->fork_generation = cumem__fork_generation();
   cumem__log("opened on backend %s with %d device(s)", backend->name, cm->ndevices);
+  cumem__log_scope_restore(scope);
   *out = cm;
   return 0;
 }
@@ -235,9 +250,14 @@ int cumem_backend_open(const char *name, cumem_backend_t **out) {
   if (strcmp(name, "host") == 0) return cumem_backend_host(out);
   if (strcmp(name, "auto") != 0)
     return CUMEM_FAIL(CUMEM_EINVAL, "unknown backend \"%s\" (expected auto, cuda or host)", name);
+  /* The cuda probe's failure is no failure of this call: when the host
+   * backend takes over, this thread's detail stays as it was. */
+  cumem__error_save_t before;
+  cumem__error_save(&before);
   int rc = cumem_backend_cuda(out);
   if (rc == CUMEM_ENODRIVER) {
     cumem__log("auto: no CUDA driver or GPU (%s); using the host backend", cumem_last_error());
+    cumem__error_restore(&before);
     rc = cumem_backend_host(out);
   }
   return rc;
@@ -250,9 +270,17 @@ int cumem_open(cumem_t **out, const cumem_options_t *opts) {
     opts = &defaults;
   }
   if (!out) return CUMEM_FAIL(CUMEM_EINVAL, "out is NULL");
+  *out = NULL;
+  /* Validate before the backend starts (a driver is not loaded for
+   * options that will be refused). */
+  int rc = cumem__options_validate(opts);
+  if (rc) return rc;
+  int scope = cumem__log_scope(opts->verbose);
   cumem_backend_t *b = NULL;
-  int rc = cumem_backend_open(opts->backend, &b);
-  return rc ? rc : cumem_open_backend(out, opts, b);
+  rc = cumem_backend_open(opts->backend, &b);
+  if (!rc) rc = cumem_open_backend(out, opts, b);
+  cumem__log_scope_restore(scope);
+  return rc;
 }
 
 const char *cumem_backend_name(const cumem_t *cm) { return cm ? cm->backend->name : "none"; }
@@ -408,13 +436,14 @@ int cumem_alloc_ex(cumem_t *cm, void **out, size_t size, int device, const char 
   if (size > dev->total_bytes || size > SIZE_MAX - gran)
     return CUMEM_FAIL(CUMEM_E2BIG, "cumem_alloc: %zu bytes exceed device %d's %zu bytes", size, device,
                       dev->total_bytes);
-  size_t rounded = (size + gran - 1) / gran * gran;
+  /* No sum here can wrap: size <= SIZE_MAX - gran, and the chunk size
+   * (validated at open) is below the rounded size. */
+  size_t rounded = cumem__ceil_div(size, gran) * gran;
   size_t chunk = rounded;
-  if (cm->opts.chunk_size && cm->opts.chunk_size < rounded)
-    chunk = (cm->opts.chunk_size + gran - 1) / gran * gran;
+  if (cm->opts.chunk_size && cm->opts.chunk_size < rounded) chunk = cumem__ceil_div(cm->opts.chunk_size, gran) * gran;
 
   alloc_t *a = calloc(1, sizeof *a);
-  size_t nchunks = (rounded + chunk - 1) / chunk;
+  size_t nchunks = cumem__ceil_div(rounded, chunk);
   if (a) {
     a->handles = calloc(nchunks, sizeof *a->handles);
     a->state = calloc(nchunks, 1);
@@ -475,13 +504,23 @@ int cumem_alloc(cumem_t *cm, void **out, size_t size, int device, const char *ta
   return cumem_alloc_ex(cm, out, size, device, tag, 0);
 }
 
-static int free_locked(cumem_t *cm, void *ptr, int sync_device) {
+int cumem__find_start(cumem_t *cm, const void *ptr, const char *what, alloc_t **out) {
   alloc_t *a = cumem__table_find(&cm->table, (uintptr_t)ptr);
-  if (!a) {
-    return cumem__table_find_containing(&cm->table, (uintptr_t)ptr)
-               ? CUMEM_FAIL(CUMEM_EINVAL, "free(%p): not the start of its allocation", ptr)
-               : CUMEM_FAIL(CUMEM_ENOTFOUND, "free(%p): not a live cumem allocation (double free?)", ptr);
+  if (a && !a->freeing) {
+    *out = a;
+    return 0;
   }
+  if (!a && cumem__table_find_containing(&cm->table, (uintptr_t)ptr))
+    return CUMEM_FAIL(CUMEM_EINVAL, "%s(%p): inside an allocation, not at its start", what, ptr);
+  if (a) return CUMEM_FAIL(CUMEM_ENOTFOUND, "%s(%p): the allocation is being freed (a free failed half-way: "
+                                            "free it again)", what, ptr);
+  return CUMEM_FAIL(CUMEM_ENOTFOUND, "%s(%p): not a live cumem allocation (freed already?)", what, ptr);
+}
+
+static int free_locked(cumem_t *cm, void *ptr, int sync_device) {
+  /* A record marked freeing (a free that failed half-way) is finished here. */
+  alloc_t *a = cumem__table_find(&cm->table, (uintptr_t)ptr);
+  if (!a) return cumem__find_start(cm, ptr, "free", &a); /* says why there is none */
   int rc = 0;
   a->freeing = 1; /* from now on sleep, wake and data access leave it alone */
   /* Kernels may still run on the memory: unmap does not wait for them. */
@@ -514,13 +553,10 @@ int cumem_free_on_stream(cumem_t *cm, void *ptr, void *stream) {
   return rc;
 }
 
-int cumem_close(cumem_t *cm) {
-  if (!cm) return 0;
-  int rc = cumem__check_process(cm);
-  if (rc) return rc;
-  cumem__background_stop(cm); /* what it left undone is freed below */
-  rc = cumem__enter(cm);
-  if (rc) return rc;
+/* Everything an instance holds, released. Pre: lock held. On failure what
+ * is left stays recorded, and a retry continues. */
+static int release_everything(cumem_t *cm) {
+  int rc = 0;
   for (int d = 0; d < cm->ndevices && !rc; d++) rc = cm->backend->synchronize(cm->backend, d);
   if (!rc) {
     drain_limbo(cm);
@@ -536,8 +572,29 @@ int cumem_close(cumem_t *cm) {
     }
   }
   if (!rc) rc = cumem__skip_give_back(cm);
-  cumem__leave(cm);
-  if (rc) return rc; /* the instance stays usable; close can be retried */
+  return rc;
+}
+
+int cumem_close(cumem_t *cm) {
+  if (!cm) return 0;
+  int rc = cumem__check_process(cm);
+  if (rc) return rc;
+  for (;;) {
+    cumem__background_stop(cm); /* what it left undone is freed below */
+    rc = cumem__enter(cm);
+    if (rc) return rc;
+    rc = release_everything(cm);
+    if (rc) {
+      cumem__leave(cm);
+      return rc; /* the instance stays usable; close can be retried */
+    }
+    /* Calls that queued for the instance meanwhile must not find it freed:
+     * let them through (they see it empty), then release what they made. */
+    if (!cumem__lock_waiters(&cm->lock) && !cm->bg.started) break;
+    cumem__leave(cm);
+  }
+  /* Nobody waits: the lock is never handed on, it is destroyed below. */
+  cumem__log_scope_restore(-1);
   pthread_mutex_lock(&cumem__default_lock);
   if (default_instance == cm) default_instance = NULL;
   pthread_mutex_unlock(&cumem__default_lock);
@@ -569,7 +626,7 @@ static size_t mapped_bytes(const alloc_t *a) {
 }
 
 int cumem_query(cumem_t *cm, const void *ptr, cumem_alloc_info_t *info) {
-  if (!cm || !info) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_query: NULL argument");
+  if (!cm || !ptr || !info) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_query: NULL argument");
   int rc = cumem__enter(cm);
   if (rc) return rc;
   alloc_t *a = cumem__table_find_containing(&cm->table, (uintptr_t)ptr);
@@ -588,24 +645,52 @@ int cumem_query(cumem_t *cm, const void *ptr, cumem_alloc_info_t *info) {
   return a ? 0 : CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is not inside a live cumem allocation", ptr);
 }
 
+/* Where ptr's bytes are in its backup, when the backup holds valid content.
+ * Pre: lock held. */
+static int backup_locate(cumem_t *cm, const void *ptr, alloc_t **out, void **host, size_t *len) {
+  alloc_t *a = cumem__table_find_containing(&cm->table, (uintptr_t)ptr);
+  if (!a || a->freeing) return CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is not inside a live cumem allocation", ptr);
+  if (a->backed_up && a->disk.filled)
+    return CUMEM_FAIL(CUMEM_ENOTFOUND, "the content of %p is backed up on disk: no host view", ptr);
+  if (!a->backup.filled)
+    return !a->backup.ptr ? CUMEM_FAIL(CUMEM_ENOTFOUND, "%p has no host backup", ptr)
+           : cumem__is_asleep(a)
+               ? CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is asleep with its content discarded: its backup holds nothing valid", ptr)
+               : CUMEM_FAIL(CUMEM_ENOTFOUND, "%p's backup holds no content: the last sleep did not save it", ptr);
+  size_t off = (uintptr_t)ptr - a->va;
+  /* The view is writable and lives as long as the backup: from now on
+   * nothing can tell what it holds, so sleep never skips a chunk of it. */
+  a->backup.viewed = 1;
+  a->backup.fingerprinted = 0;
+  *out = a;
+  *host = a->backup.ptr + off;
+  *len = a->size - off;
+  return 0;
+}
+
 int cumem_backup_view(cumem_t *cm, const void *ptr, void **host, size_t *len) {
-  if (!cm || !host || !len) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_backup_view: NULL argument");
+  if (!cm || !ptr || !host || !len) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_backup_view: NULL argument");
   int rc = cumem__enter(cm);
   if (rc) return rc;
-  alloc_t *a = cumem__table_find_containing(&cm->table, (uintptr_t)ptr);
-  rc = !a ? CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is not inside a live cumem allocation", ptr)
-           : a->backed_up && a->disk.filled
-               ? CUMEM_FAIL(CUMEM_ENOTFOUND, "the content of %p is backed up on disk: no host view", ptr)
-           : !a->backup.filled ? CUMEM_FAIL(CUMEM_ENOTFOUND, "no sleep has saved the content of %p", ptr)
-                               : 0;
+  alloc_t *a;
+  rc = backup_locate(cm, ptr, &a, host, len);
+  cumem__leave(cm);
+  return rc;
+}
+
+int cumem_backup_pin(cumem_t *cm, const void *ptr, void **host, size_t *len, cumem_backup_pin_t **pin) {
+  if (!cm || !ptr || !host || !len || !pin) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_backup_pin: NULL argument");
+  *pin = NULL;
+  int rc = cumem__enter(cm);
+  if (rc) return rc;
+  alloc_t *a;
+  void *h = NULL;
+  size_t n = 0;
+  rc = backup_locate(cm, ptr, &a, &h, &n);
+  if (!rc) rc = cumem__pin_take(&a->backup, pin);
   if (!rc) {
-    size_t off = (uintptr_t)ptr - a->va;
-    /* The view is writable and lives as long as the backup: from now on
-     * nothing can tell what it holds, so sleep never skips a chunk of it. */
-    a->backup.viewed = 1;
-    a->backup.fingerprinted = 0;
-    *host = a->backup.ptr + off;
-    *len = a->size - off;
+    *host = h;
+    *len = n;
   }
   cumem__leave(cm);
   return rc;
@@ -613,7 +698,8 @@ int cumem_backup_view(cumem_t *cm, const void *ptr, void **host, size_t *len) {
 
 int cumem_stats(cumem_t *cm, const char *tag, cumem_stats_t *out) {
   if (!cm || !out) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_stats: NULL argument");
-  int rc = cumem__enter(cm);
+  int rc = tag ? check_tag_name(tag) : 0;
+  if (!rc) rc = cumem__enter(cm);
   if (rc) return rc;
   tag_t *t = tag ? tag_find(cm, tag) : NULL;
   rc = tag && !t ? CUMEM_FAIL(CUMEM_ENOTAG, "no allocation has ever used tag \"%s\"", tag) : 0;
@@ -689,13 +775,18 @@ enum { TO_DEVICE, TO_HOST, SET };
 
 static int transfer(cumem_t *cm, int kind, void *dst, const void *src, int value, size_t n) {
   if (!cm || !dst || (kind != SET && !src)) return CUMEM_FAIL(CUMEM_EINVAL, "copy: NULL argument");
-  if (n == 0) return 0;
   cumem_backend_t *b = cm->backend;
   int rc = cumem__enter(cm);
   if (rc) return rc;
   alloc_t *a = NULL;
+  /* The address is checked whatever the length (0 bytes at an unknown
+   * address is ENOTFOUND, as any other length). */
   rc = find_range(cm, kind == TO_HOST ? src : dst, n, &a);
   void *stream = NULL;
+  if (!rc && n == 0) {
+    cumem__leave(cm);
+    return 0;
+  }
   if (!rc) rc = b->stream_create(b, a->device, &stream);
   if (!rc) {
     if (kind == TO_DEVICE) rc = b->copy_to_device(b, (uintptr_t)dst, src, n, stream);

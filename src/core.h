@@ -122,6 +122,8 @@ void cumem__lock_init(cumem__lock_t *l);
 void cumem__lock_destroy(cumem__lock_t *l);
 void cumem__lock_acquire(cumem__lock_t *l);
 void cumem__lock_release(cumem__lock_t *l);
+/* Threads queued for the lock, besides its holder. Pre: held. */
+unsigned long cumem__lock_waiters(cumem__lock_t *l);
 /* The generation of this process (bumped in each fork child); installs the
  * fork handler on first use. */
 unsigned cumem__fork_generation(void);
@@ -142,6 +144,9 @@ alloc_t *cumem__table_find(const table_t *t, uintptr_t va);
 alloc_t *cumem__table_find_containing(const table_t *t, uintptr_t addr);
 
 /* core.c: helpers the sleep engine shares. */
+/* The live allocation that starts at ptr: CUMEM_EINVAL for an address
+ * inside one, CUMEM_ENOTFOUND otherwise (the header's rule). Pre: lock held. */
+int cumem__find_start(cumem_t *cm, const void *ptr, const char *what, alloc_t **out);
 int cumem__map_chunk(cumem_t *cm, alloc_t *a, size_t i);
 /* Any chunk holds physical memory (READY or not). */
 int cumem__holds_memory(const alloc_t *a);

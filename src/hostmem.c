@@ -2,6 +2,7 @@
 #include "hostmem.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -30,7 +31,9 @@ static void prefer_node(void *p, size_t n, int node) {
 int cumem__hostbuf_map(hostbuf_t *hb, size_t size, size_t seg, int numa_node) {
   memset(hb, 0, sizeof *hb);
   if (size == 0 || seg == 0) return CUMEM_FAIL(CUMEM_EINVAL, "empty host buffer");
-  hb->nseg = (size + seg - 1) / seg;
+  if (size > SIZE_MAX - HUGE_PAGE)
+    return CUMEM_FAIL(CUMEM_ENOHOST, "a host backup of %zu bytes cannot be mapped", size);
+  hb->nseg = cumem__ceil_div(size, seg);
   hb->ready = calloc(hb->nseg, 1);
   if (!hb->ready) return CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for %zu segment flags", hb->nseg);
   /* Align to a huge page so that the kernel can back it with THP. */
@@ -94,8 +97,10 @@ static int unregister_segment(cumem_backend_t *b, hostbuf_t *hb, size_t i) {
   return rc;
 }
 
+/* The one place a backup is unmapped: memory with pins is handed to them
+ * instead (pin.c), and unmapped with the last one. */
 static int unmap(hostbuf_t *hb) {
-  if (munmap(hb->map_base, hb->map_size) != 0)
+  if (!cumem__pin_detach(hb) && munmap(hb->map_base, hb->map_size) != 0)
     return CUMEM_FAIL(CUMEM_ENOHOST, "munmap of host backup failed: %s", strerror(errno));
   free(hb->ready);
   free(hb->fingerprints);

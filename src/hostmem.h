@@ -28,6 +28,7 @@ typedef struct hostbuf {
   uint64_t *fingerprints;
   int fingerprinted;
   int viewed;
+  cumem_backup_pin_t *pin; /* pins on this memory (pin.c), or NULL */
 } hostbuf_t;
 
 /* Map (not yet touch) `size` bytes in segments of `seg`, preferably on NUMA
@@ -41,8 +42,10 @@ void cumem__hostbuf_touch_segment(hostbuf_t *hb, size_t i);
  * CUMEM_REGISTER_LOCK experiment: processes register one at a time). */
 int cumem__hostbuf_register_segment(cumem_backend_t *b, hostbuf_t *hb, size_t i, int lock_fd);
 size_t cumem__hostbuf_segment_size(const hostbuf_t *hb, size_t i);
-/* Unregister and unmap. On failure the buffer is kept as it was (a
- * registration that cannot be undone is never unmapped under the driver). */
+/* Unregister and unmap (every backup is given back here, nowhere else). On
+ * failure the buffer is kept as it was (a registration that cannot be undone
+ * is never unmapped under the driver). Memory with pins is not unmapped but
+ * handed to them (pin.c); hb is empty afterwards either way. */
 int cumem__hostbuf_free(cumem_backend_t *b, hostbuf_t *hb);
 size_t cumem__hostbuf_held(const hostbuf_t *hb); /* bytes held (0 when none) */
 
@@ -55,5 +58,12 @@ int cumem__hostbuf_prepare_step(cumem_backend_t *b, hostbuf_t *hb, size_t bytes,
  * once none is left, unmap it. *done = 1 when it is gone. On failure hb is
  * as it was before the step (still held and accounted). */
 int cumem__hostbuf_give_back_step(cumem_backend_t *b, hostbuf_t *hb, int *done);
+
+/* pin.c. Pre for both: the instance's lock is held. */
+/* One more pin on hb's memory (the record is made on first use). */
+int cumem__pin_take(hostbuf_t *hb, cumem_backup_pin_t **out);
+/* hb's memory is being given back: 1 when pins hold it (they own the
+ * mapping now: do not unmap it), 0 when the caller unmaps. */
+int cumem__pin_detach(hostbuf_t *hb);
 
 #endif

@@ -27,9 +27,25 @@ void cumem__error_restore(const cumem__error_save_t *s);
  * in theirs). */
 int cumem__parse_size(const char *text, size_t default_unit, size_t *out, const char **why);
 
-/* Verbose logging (CUMEM_VERBOSE). */
+/* Verbose logging. Each instance has its own `verbose` option: a log line
+ * (and the echo of an error detail) prints when the instance whose call is
+ * running on this thread is verbose. cumem__enter / cumem__leave (and open)
+ * set that scope; outside any instance's call (threads of the engine, a
+ * backend used alone) the environment's CUMEM_VERBOSE decides. */
 void cumem__log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-extern int cumem__verbose;
+int cumem__logging(void);
+/* Enter an instance's verbosity on this thread; returns the previous scope
+ * for cumem__log_scope_restore (-1: none). */
+int cumem__log_scope(int verbose);
+void cumem__log_scope_restore(int previous);
+
+/* The longest prefix of s, at most max bytes, that does not end inside a
+ * UTF-8 character: for "%.*s" of user text in a detail, which must stay
+ * valid UTF-8 (Python decodes it). */
+size_t cumem__utf8_prefix(const char *s, size_t max);
+
+/* a / b rounded up, without the a + b - 1 that wraps near SIZE_MAX. */
+static inline size_t cumem__ceil_div(size_t a, size_t b) { return a / b + (a % b != 0); }
 
 /* Seconds on the monotonic clock, for the phase timings of the log. */
 static inline double cumem__now(void) {

@@ -62,10 +62,22 @@ void cumem__lock_release(cumem__lock_t *l) {
   pthread_mutex_unlock(&l->mu);
 }
 
-int cumem__enter(cumem_t *cm) {
-  int rc = cumem__check_process(cm);
-  if (!rc) cumem__lock_acquire(&cm->lock);
-  return rc;
+unsigned long cumem__lock_waiters(cumem__lock_t *l) {
+  pthread_mutex_lock(&l->mu);
+  unsigned long waiting = l->next - l->serving - 1; /* the holder has `serving` */
+  pthread_mutex_unlock(&l->mu);
+  return waiting;
 }
 
-void cumem__leave(cumem_t *cm) { cumem__lock_release(&cm->lock); }
+int cumem__enter(cumem_t *cm) {
+  int rc = cumem__check_process(cm);
+  if (rc) return rc;
+  cumem__lock_acquire(&cm->lock);
+  (void)cumem__log_scope(cm->opts.verbose); /* this instance's verbosity */
+  return 0;
+}
+
+void cumem__leave(cumem_t *cm) {
+  cumem__log_scope_restore(-1);
+  cumem__lock_release(&cm->lock);
+}

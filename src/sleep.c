@@ -152,7 +152,10 @@ typedef struct discards { cumem_t *cm; alloc_t **list; } discards_t;
 
 static int release_job(void *ctx, size_t i) {
   discards_t *d = ctx;
-  return release_alloc_memory(d->cm, d->list[i]);
+  int scope = cumem__log_scope(d->cm->opts.verbose); /* log as the instance does */
+  int rc = release_alloc_memory(d->cm, d->list[i]);
+  cumem__log_scope_restore(scope);
+  return rc;
 }
 
 /* An allocation whose copies are queued and whose release waits for them. */
@@ -217,8 +220,13 @@ int cumem__engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned ch
   alloc_t **discard = rc ? NULL : malloc((n ? n : 1) * sizeof *discard);
   size_t ndiscard = 0;
   if (!rc && !discard) rc = CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory");
-  for (size_t i = 0; !rc && i < n; i++)
-    if (!copy[i]) discard[ndiscard++] = list[i];
+  for (size_t i = 0; !rc && i < n; i++) {
+    if (copy[i]) continue;
+    discard[ndiscard++] = list[i];
+    /* Its content goes: a retained backup may stay for the next offloading
+     * sleep (pinned already: that sleep only copies), never as content. */
+    if (!list[i]->backed_up) list[i]->backup.filled = 0;
+  }
   discards_t discards = {cm, discard};
   cumem__pool_t releasers;
   int releasing = 0;
@@ -396,9 +404,12 @@ int cumem__engine_wake(cumem_t *cm, alloc_t **list, size_t n) {
 
 /* ---- the public calls ---------------------------------------------------- */
 
-/* Allocations matching the tag set, and (for sleep) those not yet fully
- * asleep / (for wake) those not fully awake. */
-static int select_allocs(cumem_t *cm, tag_t **set, size_t nset, int all, int asleep_ones,
+/* Which allocations of the tag set a call takes. */
+enum { HOLDING = 0, /* holding physical memory (sleep, prepare) */
+       ASLEEP = 1,  /* not fully awake (wake) */
+       EVERY = 2 }; /* all of them (release_backup) */
+
+static int select_allocs(cumem_t *cm, tag_t **set, size_t nset, int all, int which,
                          alloc_t ***out, size_t *n) {
   size_t count = 0;
   for (alloc_t *a = cm->table.first; a; a = a->next) count++;
@@ -407,7 +418,7 @@ static int select_allocs(cumem_t *cm, tag_t **set, size_t nset, int all, int asl
   size_t k = 0;
   for (alloc_t *a = cm->table.first; a; a = a->next) {
     if (a->freeing || !cumem__tag_in(a->tag, set, nset, all)) continue;
-    int wanted = asleep_ones ? cumem__is_asleep(a) : cumem__holds_memory(a);
+    int wanted = which == EVERY || (which == ASLEEP ? cumem__is_asleep(a) : cumem__holds_memory(a));
     if (wanted) list[k++] = a;
   }
   *out = list;
@@ -427,7 +438,7 @@ int cumem_sleep(cumem_t *cm, const char *const *tags, const char *const *offload
   rc = cumem__background_take_error(cm);
   if (!rc) rc = cumem__tag_set(cm, tags, &set, &nset, &all);
   if (!rc && offload_tags) rc = cumem__tag_set(cm, offload_tags, &off, &noff, &off_all);
-  if (!rc) rc = select_allocs(cm, set, nset, all, 0, &list, &n);
+  if (!rc) rc = select_allocs(cm, set, nset, all, HOLDING, &list, &n);
   if (!rc && !(offload = calloc(n ? n : 1, 1))) rc = CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory");
   for (size_t i = 0; !rc && i < n; i++)
     offload[i] = offload_tags && cumem__tag_in(list[i]->tag, off, noff, off_all);
@@ -440,10 +451,10 @@ int cumem_sleep(cumem_t *cm, const char *const *tags, const char *const *offload
   return rc;
 }
 
-/* Wake (or prepare, or release) the allocations of a tag list: those asleep,
- * or those holding memory. A failure of background work not yet reported is
- * reported instead. */
-static int run_on_tags(cumem_t *cm, const char *const *tags, int asleep_ones,
+/* Wake (or prepare, or release) the allocations of a tag list that `which`
+ * selects. A failure of background work not yet reported is reported
+ * instead. */
+static int run_on_tags(cumem_t *cm, const char *const *tags, int which,
                        int (*engine)(cumem_t *, alloc_t **, size_t)) {
   int rc = cumem__enter(cm);
   if (rc) return rc;
@@ -453,7 +464,7 @@ static int run_on_tags(cumem_t *cm, const char *const *tags, int asleep_ones,
   alloc_t **list = NULL;
   rc = cumem__background_take_error(cm);
   if (!rc) rc = cumem__tag_set(cm, tags, &set, &nset, &all);
-  if (!rc) rc = select_allocs(cm, set, nset, all, asleep_ones, &list, &n);
+  if (!rc) rc = select_allocs(cm, set, nset, all, which, &list, &n);
   if (!rc) rc = engine(cm, list, n);
   cumem__leave(cm);
   free(list);
@@ -463,19 +474,19 @@ static int run_on_tags(cumem_t *cm, const char *const *tags, int asleep_ones,
 
 int cumem_wake(cumem_t *cm, const char *const *tags) {
   if (!cm) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_wake: instance is NULL");
-  return run_on_tags(cm, tags, 1, cumem__engine_wake);
+  return run_on_tags(cm, tags, ASLEEP, cumem__engine_wake);
 }
 
 int cumem_prepare_backup(cumem_t *cm, const char *const *tags) {
   if (!cm) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_prepare_backup: instance is NULL");
-  return run_on_tags(cm, tags, 0, cumem__engine_prepare);
+  return run_on_tags(cm, tags, HOLDING, cumem__engine_prepare);
 }
 
 static int release_backups(cumem_t *cm, alloc_t **list, size_t n) {
   int rc = cumem__disk_staging_free(cm); /* what a failed disk transfer kept */
   if (rc) return rc;
   for (size_t i = 0; i < n; i++) {
-    if (list[i]->backed_up) continue; /* still holds a sleeping content */
+    if (list[i]->backed_up) continue; /* holds content a wake must restore */
     list[i]->ahead = AHEAD_DONE;
     rc = cumem__hostbuf_free(cm->backend, &list[i]->backup);
     if (rc) return rc;
@@ -485,7 +496,7 @@ static int release_backups(cumem_t *cm, alloc_t **list, size_t n) {
 
 int cumem_release_backup(cumem_t *cm, const char *const *tags) {
   if (!cm) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_release_backup: instance is NULL");
-  return run_on_tags(cm, tags, 0, release_backups);
+  return run_on_tags(cm, tags, EVERY, release_backups); /* asleep or not */
 }
 
 /* Mark for the background worker: give back what is not backing up a
@@ -505,7 +516,7 @@ static int release_backups_async(cumem_t *cm, alloc_t **list, size_t n) {
 
 int cumem_release_backup_async(cumem_t *cm, const char *const *tags) {
   if (!cm) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_release_backup_async: instance is NULL");
-  return run_on_tags(cm, tags, 0, release_backups_async);
+  return run_on_tags(cm, tags, EVERY, release_backups_async); /* asleep or not, as release_backup */
 }
 
 /* Mark for the background worker, due now: prepare the backups of awake
@@ -526,7 +537,7 @@ static int prepare_backups_async(cumem_t *cm, alloc_t **list, size_t n) {
 
 int cumem_prepare_backup_async(cumem_t *cm, const char *const *tags) {
   if (!cm) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_prepare_backup_async: instance is NULL");
-  return run_on_tags(cm, tags, 0, prepare_backups_async);
+  return run_on_tags(cm, tags, HOLDING, prepare_backups_async);
 }
 
 /* One allocation, for the seed ABI. */
@@ -534,8 +545,8 @@ static int one_alloc(cumem_t *cm, void *ptr, int wake) {
   if (!cm || !ptr) return CUMEM_FAIL(CUMEM_EINVAL, "NULL argument");
   int rc = cumem__enter(cm);
   if (rc) return rc;
-  alloc_t *a = cumem__table_find(&cm->table, (uintptr_t)ptr);
-  rc = a && !a->freeing ? 0 : CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is not the start of a live cumem allocation", ptr);
+  alloc_t *a = NULL;
+  rc = cumem__find_start(cm, ptr, wake ? "cumem_create_map" : "cumem_unmap_release", &a);
   unsigned char no_offload = 0;
   if (!rc && wake && cumem__is_asleep(a)) rc = cumem__engine_wake(cm, &a, 1);
   if (!rc && !wake && cumem__holds_memory(a)) rc = cumem__engine_sleep(cm, &a, 1, &no_offload);

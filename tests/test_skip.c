@@ -180,6 +180,7 @@ typedef struct model_alloc {
   unsigned char *dev; /* what the device holds (when known) */
   unsigned char *bk;  /* what the backup holds (when bk_valid) */
   int known, bk_valid, fp_ok, viewed;
+  int saved; /* the last sleep saved its content: backup_view shows it */
 } model_alloc_t;
 
 typedef struct model {
@@ -316,11 +317,14 @@ static void model_run(int retain, int zero, int cycles, uint64_t seed) {
       model_alloc_t *a = &m.a[i];
       if (!a->known) CHECK_OK(rewrite(&m, a));
       for (int k = (int)(rnd(&m) % 4); k > 0; k--) CHECK_OK(mutate(&m, a));
-      if (a->bk_valid && rnd(&m) % 10 == 0) CHECK_OK(scribble_backup(&m, a));
+      if (a->bk_valid && rnd(&m) % 10 == 0) {
+        if (a->saved) CHECK_OK(scribble_backup(&m, a));
+        else CHECK_RC(scribble_backup(&m, a), CUMEM_ENOTFOUND); /* discarded: nothing valid to view */
+      }
     }
     if (rnd(&m) % 12 == 0) { /* give the retained backups back */
       CHECK_OK(cumem_release_backup(m.cm, NULL));
-      for (int i = 0; i < NA; i++) m.a[i].bk_valid = m.a[i].fp_ok = m.a[i].viewed = 0;
+      for (int i = 0; i < NA; i++) m.a[i].bk_valid = m.a[i].fp_ok = m.a[i].viewed = m.a[i].saved = 0;
     }
     /* Sleep, each tag offloaded or discarded at random. */
     const char *off[4];
@@ -347,7 +351,11 @@ static void model_run(int retain, int zero, int cycles, uint64_t seed) {
     }
     for (int i = 0; i < NA; i++) {
       model_alloc_t *a = &m.a[i];
-      if (!offloaded[i]) continue;
+      a->saved = offloaded[i];
+      if (!offloaded[i]) { /* discarded: the backup vouches for nothing, no skip next time */
+        a->fp_ok = 0;
+        continue;
+      }
       memcpy(a->bk, a->dev, a->n);
       a->bk_valid = 1;
       a->fp_ok = tag_skips(&m, a->tag) && retain && !a->viewed;
@@ -365,7 +373,7 @@ static void model_run(int retain, int zero, int cycles, uint64_t seed) {
                 offloaded[i] ? "offloaded" : "discarded");
         CHECK(0);
       }
-      if (!retain) a->bk_valid = a->fp_ok = a->viewed = 0;
+      if (!retain) a->bk_valid = a->fp_ok = a->viewed = a->saved = 0;
     }
   }
   for (int i = 0; i < NA; i++) {

@@ -36,13 +36,21 @@ static PyObject *CumemOOMError; /* cumem.CumemOutOfMemoryError(CumemError) */
 /* Raise the error for `code` from the call `what`: "what: CUMEM_E...: meaning
  * (detail)". The detail is this thread's cumem_last_error(), read right after
  * the failing call, which ran on this same thread. Returns NULL. */
+static PyObject *raise_message(int code, PyObject *msg);
+
 static PyObject *raise_cumem(int code, const char *what) {
-  PyObject *type = code == CUMEM_ENOMEM ? CumemOOMError : CumemError;
   const char *detail = cumem_last_error();
+  /* %s decodes with errors="replace": a detail is never undecodable. */
   PyObject *msg = detail[0]
       ? PyUnicode_FromFormat("%s: %s (%s)", what, cumem_strerror(code), detail)
       : PyUnicode_FromFormat("%s: %s", what, cumem_strerror(code));
-  if (!msg) return NULL;
+  return msg ? raise_message(code, msg) : NULL;
+}
+
+/* Raise CumemError (or its out-of-memory subclass) with .code = code and
+ * this message (a new reference, consumed). Returns NULL. */
+static PyObject *raise_message(int code, PyObject *msg) {
+  PyObject *type = code == CUMEM_ENOMEM ? CumemOOMError : CumemError;
   PyObject *exc = PyObject_CallFunctionObjArgs(type, msg, NULL);
   Py_DECREF(msg);
   if (!exc) return NULL;
@@ -89,6 +97,19 @@ static int conv_opt_stream(PyObject *obj, void *out) {
   return conv_addr(obj, &s->stream);
 }
 
+/* The UTF-8 of a str for the core, valid while the str lives; NULL (with
+ * ValueError) when it contains a NUL character: the core would read only
+ * what comes before it ('a\0b' would become the tag 'a'). */
+static const char *c_string(PyObject *str) {
+  Py_ssize_t n;
+  const char *s = PyUnicode_AsUTF8AndSize(str, &n);
+  if (s && strlen(s) != (size_t)n) {
+    PyErr_Format(PyExc_ValueError, "%R contains a NUL character, which cumem does not take", str);
+    return NULL;
+  }
+  return s;
+}
+
 /* "O&" converter: None or a str, to a C string valid while the str lives (the
  * caller's argument tuple keeps it alive for the call). */
 static int conv_opt_str(PyObject *obj, void *out) {
@@ -101,7 +122,7 @@ static int conv_opt_str(PyObject *obj, void *out) {
                  Py_TYPE(obj)->tp_name);
     return 0;
   }
-  const char *s = PyUnicode_AsUTF8(obj);
+  const char *s = c_string(obj);
   if (!s) return 0;
   *(const char **)out = s;
   return 1;
@@ -152,7 +173,7 @@ static int taglist_from(PyObject *obj, taglist_t *tl, const char *argname) {
       taglist_clear(tl);
       return -1;
     }
-    tl->v[i] = PyUnicode_AsUTF8(item);
+    tl->v[i] = c_string(item);
     if (!tl->v[i]) {
       taglist_clear(tl);
       return -1;
@@ -236,22 +257,42 @@ typedef struct {
   cumem_t *cm;
   int owned;                 /* 0 for the process-wide default instance */
   cumem_backend_t *fault;    /* the fault backend, when opened with fault=True */
-  PyObject *backend_name;    /* keeps opts.backend's string alive */
-  /* (the core copies opts.prepare_ahead: no need to keep that one) */
+  int calls;                 /* calls running on cm with the GIL released */
+  int closing;               /* close() runs (with the GIL released) */
 } InstanceObject;
 
 static PyTypeObject InstanceType;
 static PyObject *default_instance; /* the Instance wrapping cumem_default() */
 
 static int instance_ok(InstanceObject *self) {
-  if (self->cm) return 1;
-  PyErr_SetString(PyExc_ValueError, "this cumem Instance is closed");
+  if (self->cm && !self->closing) return 1;
+  PyErr_SetString(PyExc_ValueError, self->cm ? "this cumem Instance is being closed"
+                                             : "this cumem Instance is closed");
   return 0;
 }
 
 #define CHECK_OPEN(self) \
   do {                   \
     if (!instance_ok(self)) return NULL; \
+  } while (0)
+
+/* Calls that release the GIL read the instance once, under the GIL, and
+ * count themselves in `calls` until they have it again: close() refuses
+ * while any runs, so the instance is never freed under a call (a close
+ * racing another thread's sleep once crashed the process). `ok` is 0 (with
+ * ValueError set) when the instance is closed or being closed; the
+ * statement then does not run. Check `ok` after cleaning up. */
+#define RELEASED(self, cm, ok, ...)        \
+  do {                                     \
+    (ok) = instance_ok(self);              \
+    if (ok) {                              \
+      cumem_t *cm = (self)->cm;            \
+      (self)->calls++;                     \
+      Py_BEGIN_ALLOW_THREADS               \
+      __VA_ARGS__;                         \
+      Py_END_ALLOW_THREADS                 \
+      (self)->calls--;                     \
+    }                                      \
   } while (0)
 
 /* A path argument: None (or "") = no path (*out NULL), else str, bytes or
@@ -267,119 +308,125 @@ static int path_arg(PyObject *obj, PyObject **holder, const char **out) {
   return 0;
 }
 
-/* Instance(backend=None, *, chunk_size=None, zero_on_wake=None,
- *          retain_backup=None, copy_chunk=None, host_threads=None,
- *          verbose=None, fault=False, disk_dir=None, prepare_ahead=None,
- *          prepare_ahead_delay_ms=None, skip_unchanged=None)
- * Opens a private instance. Options left None keep cumem_options_init's
- * value (the defaults, then the CUMEM_* environment). fault=True wraps the
- * backend in the fault-injecting one (for tests; see fault_arm). disk_dir
- * (a path) is where tags with backup="disk" sleep; None keeps
- * CUMEM_DISK_DIR. */
+/* One keyword option to cumem_options_set: None keeps the value; True,
+ * False and ints are written out in decimal (sizes in bytes); a str, bytes
+ * or os.PathLike is taken as written ("64M", a directory), in the
+ * filesystem encoding, NUL refused. Every check, range and message is the
+ * core's. The text stays alive in `keep` until the instance is open
+ * (string options point into it until cumem_open copies them). */
+static int set_option(cumem_options_t *opts, const char *name, PyObject *value, PyObject *keep) {
+  if (value == Py_None) return 0;
+  PyObject *text = NULL;
+  if (PyBool_Check(value)) text = PyBytes_FromString(value == Py_True ? "1" : "0");
+  else if (PyLong_Check(value)) {
+    PyObject *str = PyObject_Str(value);
+    text = str ? PyUnicode_AsUTF8String(str) : NULL;
+    Py_XDECREF(str);
+  } else if (PyUnicode_Check(value) || PyBytes_Check(value) || PyObject_HasAttrString(value, "__fspath__")) {
+    if (!PyUnicode_FSConverter(value, &text)) return -1; /* refuses NUL */
+  } else {
+    PyErr_Format(PyExc_TypeError, "option %s must be an int, a str, a path or None, not %.100s", name,
+                 Py_TYPE(value)->tp_name);
+    return -1;
+  }
+  if (!text) return -1;
+  int appended = PyList_Append(keep, text);
+  Py_DECREF(text);
+  if (appended < 0) return -1;
+  const char *ctext = PyBytes_AS_STRING(text);
+  int rc = cumem_options_set(opts, name, ctext);
+  if (rc != CUMEM_OK) {
+    raise_cumem(rc, "cumem.Instance");
+    return -1;
+  }
+  return 0;
+}
+
+/* Instance(backend=None, *, fault=False, **options)
+ * Opens a private instance. options are the fields of cumem_options_t by
+ * name (chunk_size, zero_on_wake, retain_backup, copy_chunk, host_threads,
+ * release_threads, verbose, disk_dir, prepare_ahead, ...: every row of
+ * src/options.c); one left out or None keeps cumem_options_init's value
+ * (the defaults, then the CUMEM_* environment). A value not allowed raises
+ * CumemError (EINVAL) naming the option and what it allows. fault=True
+ * wraps the backend in the fault-injecting one (for tests; see
+ * fault_arm). */
 static int Instance_init(InstanceObject *self, PyObject *args, PyObject *kw) {
-  static char *kwlist[] = {"backend",       "chunk_size",   "zero_on_wake",
-                           "retain_backup", "copy_chunk",   "host_threads",
-                           "verbose",       "fault",        "disk_dir",
-                           "prepare_ahead", "prepare_ahead_delay_ms",
-                           "skip_unchanged", NULL};
-  PyObject *backend = Py_None, *chunk = Py_None, *zero = Py_None,
-           *retain = Py_None, *copy = Py_None, *threads = Py_None,
-           *verbose = Py_None, *disk_dir = Py_None, *disk_dir_bytes = NULL,
-           *ahead_delay = Py_None, *skip = Py_None;
-  const char *ahead = NULL;
-  int fault = 0;
   if (self->cm) {
     PyErr_SetString(PyExc_RuntimeError, "Instance is already open");
     return -1;
   }
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O$OOOOOOpOO&OO", kwlist, &backend,
-                                   &chunk, &zero, &retain, &copy, &threads,
-                                   &verbose, &fault, &disk_dir, conv_opt_str,
-                                   &ahead, &ahead_delay, &skip))
+  Py_ssize_t nargs = PyTuple_GET_SIZE(args);
+  if (nargs > 1) {
+    PyErr_Format(PyExc_TypeError, "Instance() takes at most 1 positional argument (backend), %zd given", nargs);
     return -1;
-
+  }
   cumem_options_t opts;
   cumem_options_init(&opts);
-  if (backend != Py_None) {
-    if (!PyUnicode_Check(backend)) {
-      PyErr_SetString(PyExc_TypeError, "backend must be a str or None");
-      return -1;
-    }
-    Py_INCREF(backend);
-    Py_XSETREF(self->backend_name, backend);
-    opts.backend = PyUnicode_AsUTF8(backend);
-    if (!opts.backend) return -1;
+  int fault = 0;
+  PyObject *keep = PyList_New(0);
+  if (!keep) return -1;
+  int bad = nargs == 1 && set_option(&opts, "backend", PyTuple_GET_ITEM(args, 0), keep) < 0;
+  PyObject *key, *value;
+  Py_ssize_t pos = 0;
+  while (!bad && kw && PyDict_Next(kw, &pos, &key, &value)) {
+    const char *name = c_string(key);
+    if (!name) bad = 1;
+    else if (strcmp(name, "fault") == 0) bad = (fault = PyObject_IsTrue(value)) < 0;
+    else if (nargs == 1 && strcmp(name, "backend") == 0) {
+      PyErr_SetString(PyExc_TypeError, "Instance() got backend twice");
+      bad = 1;
+    } else bad = set_option(&opts, name, value, keep) < 0;
   }
-#define OPT_SIZE(obj, field)                                   \
-  if ((obj) != Py_None) {                                      \
-    size_t v_ = PyLong_AsSize_t(obj);                          \
-    if (v_ == (size_t)-1 && PyErr_Occurred()) return -1;       \
-    opts.field = v_;                                           \
-  }
-#define OPT_INT(obj, field)                                    \
-  if ((obj) != Py_None) {                                      \
-    long v_ = PyLong_AsLong(obj);                              \
-    if (v_ == -1 && PyErr_Occurred()) return -1;               \
-    opts.field = (int)v_;                                      \
-  }
-  OPT_SIZE(chunk, chunk_size)
-  OPT_INT(zero, zero_on_wake)
-  OPT_INT(retain, retain_backup)
-  OPT_SIZE(copy, copy_chunk)
-  OPT_INT(threads, host_threads)
-  OPT_INT(verbose, verbose)
-  OPT_INT(ahead_delay, prepare_ahead_delay_ms)
-  if (ahead) opts.prepare_ahead = ahead; /* "" = no tag */
-  OPT_INT(skip, skip_unchanged)
-#undef OPT_SIZE
-#undef OPT_INT
-  if (disk_dir != Py_None) {
-    if (path_arg(disk_dir, &disk_dir_bytes, &opts.disk_dir) < 0) return -1;
+  if (bad) {
+    Py_DECREF(keep);
+    return -1;
   }
 
   int rc;
   cumem_t *cm = NULL;
+  cumem_backend_t *outer = NULL;
   if (fault) {
     /* The fault backend wraps the named one (auto: cuda, else host). */
-    cumem_backend_t *inner = NULL, *outer = NULL;
+    cumem_backend_t *inner = NULL;
     Py_BEGIN_ALLOW_THREADS
     rc = cumem_backend_open(opts.backend, &inner);
     if (rc == CUMEM_OK) rc = cumem_backend_fault(&outer, inner);
     if (rc != CUMEM_OK && inner) inner->destroy(inner);
     if (rc == CUMEM_OK) rc = cumem_open_backend(&cm, &opts, outer);
     Py_END_ALLOW_THREADS
-    Py_CLEAR(disk_dir_bytes); /* the instance keeps its own copy */
-    if (rc != CUMEM_OK) {
-      raise_cumem(rc, "cumem_open_backend");
-      return -1;
-    }
-    self->fault = outer;
   } else {
     Py_BEGIN_ALLOW_THREADS
     rc = cumem_open(&cm, &opts);
     Py_END_ALLOW_THREADS
-    Py_CLEAR(disk_dir_bytes);
-    if (rc != CUMEM_OK) {
-      raise_cumem(rc, "cumem_open");
-      return -1;
-    }
+  }
+  Py_DECREF(keep); /* the instance has its own copies of string options */
+  if (rc != CUMEM_OK) {
+    raise_cumem(rc, fault ? "cumem_open_backend" : "cumem_open");
+    return -1;
   }
   self->cm = cm;
+  self->fault = outer;
   self->owned = 1;
+  self->calls = 0;
+  self->closing = 0;
   return 0;
 }
 
 static void Instance_dealloc(InstanceObject *self) {
+  /* No call can be running: each holds a reference to self. */
   if (self->cm && self->owned) {
     Py_BEGIN_ALLOW_THREADS
     cumem_close(self->cm);
     Py_END_ALLOW_THREADS
   }
   self->cm = NULL;
-  Py_CLEAR(self->backend_name);
   Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* close(): refused with CumemError(EBUSY) while other threads' calls run on
+ * the instance; a failed close keeps it open (and usable), so that close
+ * can be retried and nothing it holds is lost. */
 static PyObject *Instance_close(InstanceObject *self, PyObject *noargs) {
   (void)noargs;
   if (!self->owned) {
@@ -387,16 +434,24 @@ static PyObject *Instance_close(InstanceObject *self, PyObject *noargs) {
                     "the default instance lives as long as the process");
     return NULL;
   }
-  if (self->cm) {
-    int rc;
-    cumem_t *cm = self->cm;
-    self->cm = NULL;
-    self->fault = NULL;
-    Py_BEGIN_ALLOW_THREADS
-    rc = cumem_close(cm);
-    Py_END_ALLOW_THREADS
-    if (rc != CUMEM_OK) return raise_cumem(rc, "cumem_close");
+  if (!self->cm) Py_RETURN_NONE;
+  if (self->calls || self->closing) {
+    PyObject *msg = self->closing
+        ? PyUnicode_FromString("close: another thread is closing this Instance")
+        : PyUnicode_FromFormat("close: %d call(s) on this Instance are still running in other "
+                               "threads; close it once they have returned", self->calls);
+    return msg ? raise_message(CUMEM_EBUSY, msg) : NULL;
   }
+  cumem_t *cm = self->cm;
+  int rc;
+  self->closing = 1; /* new calls are refused meanwhile */
+  Py_BEGIN_ALLOW_THREADS
+  rc = cumem_close(cm);
+  Py_END_ALLOW_THREADS
+  self->closing = 0;
+  if (rc != CUMEM_OK) return raise_cumem(rc, "cumem_close");
+  self->cm = NULL;
+  self->fault = NULL;
   Py_RETURN_NONE;
 }
 
@@ -416,10 +471,9 @@ static PyObject *Instance_alloc(InstanceObject *self, PyObject *args,
     return NULL;
   }
   void *ptr = NULL;
-  int rc;
-  Py_BEGIN_ALLOW_THREADS
-  rc = cumem_alloc_ex(self->cm, &ptr, (size_t)size, device, tag, peers);
-  Py_END_ALLOW_THREADS
+  int rc, ok;
+  RELEASED(self, cm, ok, rc = cumem_alloc_ex(cm, &ptr, (size_t)size, device, tag, peers));
+  if (!ok) return NULL;
   if (rc != CUMEM_OK) return raise_cumem(rc, "cumem_alloc");
   return PyLong_FromVoidPtr(ptr);
 }
@@ -433,11 +487,9 @@ static PyObject *Instance_free(InstanceObject *self, PyObject *args,
   if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|O&", kwlist, conv_addr, &ptr,
                                    conv_opt_stream, &s))
     return NULL;
-  int rc;
-  Py_BEGIN_ALLOW_THREADS
-  rc = s.given ? cumem_free_on_stream(self->cm, ptr, s.stream)
-               : cumem_free(self->cm, ptr);
-  Py_END_ALLOW_THREADS
+  int rc, ok;
+  RELEASED(self, cm, ok, rc = s.given ? cumem_free_on_stream(cm, ptr, s.stream) : cumem_free(cm, ptr));
+  if (!ok) return NULL;
   if (rc != CUMEM_OK) return raise_cumem(rc, "cumem_free");
   Py_RETURN_NONE;
 }
@@ -469,12 +521,11 @@ static PyObject *Instance_sleep(InstanceObject *self, PyObject *args,
     taglist_clear(&tags);
     return NULL;
   }
-  int rc;
-  Py_BEGIN_ALLOW_THREADS
-  rc = cumem_sleep(self->cm, tags.v, off.v);
-  Py_END_ALLOW_THREADS
+  int rc, ok;
+  RELEASED(self, cm, ok, rc = cumem_sleep(cm, tags.v, off.v));
   taglist_clear(&tags);
   taglist_clear(&off);
+  if (!ok) return NULL;
   if (rc != CUMEM_OK) return raise_cumem(rc, "cumem_sleep");
   Py_RETURN_NONE;
 }
@@ -486,11 +537,10 @@ static PyObject *Instance_set_disk_dir(InstanceObject *self, PyObject *arg) {
   const char *path;
   CHECK_OPEN(self);
   if (path_arg(arg, &holder, &path) < 0) return NULL;
-  int rc;
-  Py_BEGIN_ALLOW_THREADS
-  rc = cumem_set_disk_dir(self->cm, path);
-  Py_END_ALLOW_THREADS
+  int rc, ok;
+  RELEASED(self, cm, ok, rc = cumem_set_disk_dir(cm, path));
   Py_XDECREF(holder);
+  if (!ok) return NULL;
   if (rc != CUMEM_OK) return raise_cumem(rc, "cumem_set_disk_dir");
   Py_RETURN_NONE;
 }
@@ -517,11 +567,10 @@ static PyObject *tags_call(InstanceObject *self, PyObject *args, PyObject *kw,
   if (!PyArg_ParseTupleAndKeywords(args, kw, "|O", kwlist, &tags_obj))
     return NULL;
   if (taglist_from(tags_obj, &tags, "tags") < 0) return NULL;
-  int rc;
-  Py_BEGIN_ALLOW_THREADS
-  rc = fn(self->cm, tags.v);
-  Py_END_ALLOW_THREADS
+  int rc, ok;
+  RELEASED(self, cm, ok, rc = fn(cm, tags.v));
   taglist_clear(&tags);
+  if (!ok) return NULL;
   if (rc != CUMEM_OK) return raise_cumem(rc, what);
   Py_RETURN_NONE;
 }
@@ -558,10 +607,9 @@ static PyObject *Instance_release_backup_async(InstanceObject *self,
 static PyObject *Instance_drain(InstanceObject *self, PyObject *noargs) {
   (void)noargs;
   CHECK_OPEN(self);
-  int rc;
-  Py_BEGIN_ALLOW_THREADS
-  rc = cumem_drain(self->cm);
-  Py_END_ALLOW_THREADS
+  int rc, ok;
+  RELEASED(self, cm, ok, rc = cumem_drain(cm));
+  if (!ok) return NULL;
   if (rc != CUMEM_OK) return raise_cumem(rc, "cumem_drain");
   Py_RETURN_NONE;
 }
@@ -572,10 +620,9 @@ static PyObject *ptr_call(InstanceObject *self, PyObject *arg,
   void *ptr;
   CHECK_OPEN(self);
   if (!conv_addr(arg, &ptr)) return NULL;
-  int rc;
-  Py_BEGIN_ALLOW_THREADS
-  rc = fn(self->cm, ptr);
-  Py_END_ALLOW_THREADS
+  int rc, ok;
+  RELEASED(self, cm, ok, rc = fn(cm, ptr));
+  if (!ok) return NULL;
   if (rc != CUMEM_OK) return raise_cumem(rc, what);
   Py_RETURN_NONE;
 }
@@ -594,11 +641,10 @@ static PyObject *Instance_copy_to_device(InstanceObject *self, PyObject *args) {
   Py_buffer buf;
   CHECK_OPEN(self);
   if (!PyArg_ParseTuple(args, "O&y*", conv_addr, &dst, &buf)) return NULL;
-  int rc;
-  Py_BEGIN_ALLOW_THREADS
-  rc = cumem_copy_to_device(self->cm, dst, buf.buf, (size_t)buf.len);
-  Py_END_ALLOW_THREADS
+  int rc, ok;
+  RELEASED(self, cm, ok, rc = cumem_copy_to_device(cm, dst, buf.buf, (size_t)buf.len));
   PyBuffer_Release(&buf);
+  if (!ok) return NULL;
   if (rc != CUMEM_OK) return raise_cumem(rc, "cumem_copy_to_device");
   Py_RETURN_NONE;
 }
@@ -616,11 +662,13 @@ static PyObject *Instance_copy_to_host(InstanceObject *self, PyObject *args) {
   PyObject *out = PyBytes_FromStringAndSize(NULL, n);
   if (!out) return NULL;
   char *dst = PyBytes_AS_STRING(out); /* not shared yet: safe without GIL */
-  int rc;
-  Py_BEGIN_ALLOW_THREADS
-  rc = cumem_copy_to_host(self->cm, dst, src, (size_t)n);
-  Py_END_ALLOW_THREADS
-  if (rc != CUMEM_OK) {
+  int rc = CUMEM_OK, ok;
+  RELEASED(self, cm, ok, rc = cumem_copy_to_host(cm, dst, src, (size_t)n));
+  if (!ok || rc != CUMEM_OK) {
+    if (!ok) {
+      Py_DECREF(out);
+      return NULL;
+    }
     Py_DECREF(out);
     return raise_cumem(rc, "cumem_copy_to_host");
   }
@@ -639,10 +687,9 @@ static PyObject *Instance_memset(InstanceObject *self, PyObject *args) {
     PyErr_SetString(PyExc_ValueError, "n must be >= 0");
     return NULL;
   }
-  int rc;
-  Py_BEGIN_ALLOW_THREADS
-  rc = cumem_memset(self->cm, dst, value, (size_t)n);
-  Py_END_ALLOW_THREADS
+  int rc, ok;
+  RELEASED(self, cm, ok, rc = cumem_memset(cm, dst, value, (size_t)n));
+  if (!ok) return NULL;
   if (rc != CUMEM_OK) return raise_cumem(rc, "cumem_memset");
   Py_RETURN_NONE;
 }
@@ -684,7 +731,7 @@ static PyObject *Instance_set_tag_options(InstanceObject *self, PyObject *args,
   if (cumem_tag_get_options(self->cm, tag, &o) != CUMEM_OK)
     cumem_tag_options_init(&o); /* a new tag (bad names fail below) */
   if (backup != Py_None) {
-    const char *b = PyUnicode_Check(backup) ? PyUnicode_AsUTF8(backup) : NULL;
+    const char *b = PyUnicode_Check(backup) ? c_string(backup) : NULL;
     if (b && strcmp(b, "host") == 0) o.backup = CUMEM_BACKUP_HOST;
     else if (b && strcmp(b, "disk") == 0) o.backup = CUMEM_BACKUP_DISK;
     else {
@@ -696,6 +743,7 @@ static PyObject *Instance_set_tag_options(InstanceObject *self, PyObject *args,
   if (tag_flag(skip, &o.skip_unchanged, "skip_unchanged") < 0 ||
       tag_flag(ahead, &o.prepare_ahead, "prepare_ahead") < 0)
     return NULL;
+  CHECK_OPEN(self); /* converting the flags may have run Python code */
   int rc = cumem_tag_set_options(self->cm, tag, &o);
   if (rc != CUMEM_OK) return raise_cumem(rc, "cumem_tag_set_options");
   Py_RETURN_NONE;
@@ -705,7 +753,7 @@ static PyObject *Instance_set_tag_options(InstanceObject *self, PyObject *args,
  * "prepare_ahead": -1|0|1} */
 static PyObject *Instance_tag_options(InstanceObject *self, PyObject *arg) {
   CHECK_OPEN(self);
-  const char *tag = PyUnicode_Check(arg) ? PyUnicode_AsUTF8(arg) : NULL;
+  const char *tag = PyUnicode_Check(arg) ? c_string(arg) : NULL;
   if (!tag) {
     if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "tag must be a str");
     return NULL;
@@ -782,10 +830,9 @@ static PyObject *Instance_backend_counters(InstanceObject *self,
 static PyObject *Instance_device_count(InstanceObject *self, PyObject *noargs) {
   (void)noargs;
   CHECK_OPEN(self);
-  int n = 0, rc;
-  Py_BEGIN_ALLOW_THREADS
-  rc = cumem_device_count(self->cm, &n);
-  Py_END_ALLOW_THREADS
+  int n = 0, rc, ok;
+  RELEASED(self, cm, ok, rc = cumem_device_count(cm, &n));
+  if (!ok) return NULL;
   if (rc != CUMEM_OK) return raise_cumem(rc, "cumem_device_count");
   return PyLong_FromLong(n);
 }
@@ -793,34 +840,80 @@ static PyObject *Instance_device_count(InstanceObject *self, PyObject *noargs) {
 static PyObject *Instance_device_info(InstanceObject *self, PyObject *args,
                                       PyObject *kw) {
   static char *kwlist[] = {"device", NULL};
-  int device = 0, rc;
+  int device = 0, rc, ok;
   CHECK_OPEN(self);
   if (!PyArg_ParseTupleAndKeywords(args, kw, "|i", kwlist, &device))
     return NULL;
   cumem_device_info_t info;
   memset(&info, 0, sizeof info);
-  Py_BEGIN_ALLOW_THREADS
-  rc = cumem_device_info(self->cm, device, &info);
-  Py_END_ALLOW_THREADS
+  RELEASED(self, cm, ok, rc = cumem_device_info(cm, device, &info));
+  if (!ok) return NULL;
   if (rc != CUMEM_OK) return raise_cumem(rc, "cumem_device_info");
   return device_dict(&info);
 }
 
+/* The exporter behind backup_view's memoryview: it holds a pin
+ * (cumem_backup_pin), so the memory stays mapped as long as any view of it
+ * exists, even after the allocation is freed (from Python or from
+ * PyTorch's C++), its backup released or the instance closed. A view
+ * released with memoryview.release() raises ValueError afterwards, as
+ * every released memoryview does. */
+typedef struct {
+  PyObject_HEAD
+  void *buf;
+  Py_ssize_t len;
+  cumem_backup_pin_t *pin;
+} PinnedObject;
+
+static int Pinned_getbuffer(PinnedObject *self, Py_buffer *view, int flags) {
+  return PyBuffer_FillInfo(view, (PyObject *)self, self->buf, self->len, 0, flags);
+}
+
+static void Pinned_dealloc(PinnedObject *self) {
+  cumem_backup_unpin(self->pin); /* the last one unmaps a detached backup */
+  Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyBufferProcs Pinned_as_buffer = {(getbufferproc)Pinned_getbuffer, NULL};
+
+static PyTypeObject PinnedType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "cumem._C.PinnedBackup",
+    .tp_basicsize = sizeof(PinnedObject),
+    .tp_dealloc = (destructor)Pinned_dealloc,
+    .tp_as_buffer = &Pinned_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Host backup memory kept mapped for the memoryviews of it "
+              "(Instance.backup_view).",
+};
+
 /* backup_view(ptr) -> writable memoryview of the host backup from ptr to the
- * end of its allocation, or None when no backup holds its content. The view
- * does not own the memory: it is valid until the backup is dropped (a wake
- * without retention, release_backup, free). Copy it to keep it. */
+ * end of its allocation, or None when no backup holds valid content (no
+ * sleep saved it, or the last sleep discarded it). The memory stays valid
+ * as long as the view (or anything made from it) lives: a free, a release
+ * of the backup or close only detach it, and it is unmapped with its last
+ * view. While the backup stays attached, later sleeps write into it. */
 static PyObject *Instance_backup_view(InstanceObject *self, PyObject *arg) {
   void *ptr;
   CHECK_OPEN(self);
   if (!conv_addr(arg, &ptr)) return NULL;
   void *host = NULL;
   size_t len = 0;
-  int rc = cumem_backup_view(self->cm, ptr, &host, &len);
+  cumem_backup_pin_t *pin = NULL;
+  int rc = cumem_backup_pin(self->cm, ptr, &host, &len, &pin);
   if (rc == CUMEM_ENOTFOUND) Py_RETURN_NONE;
-  if (rc != CUMEM_OK) return raise_cumem(rc, "cumem_backup_view");
-  if (!host) Py_RETURN_NONE;
-  return PyMemoryView_FromMemory(host, (Py_ssize_t)len, PyBUF_WRITE);
+  if (rc != CUMEM_OK) return raise_cumem(rc, "cumem_backup_pin");
+  PinnedObject *p = PyObject_New(PinnedObject, &PinnedType);
+  if (!p) {
+    cumem_backup_unpin(pin);
+    return NULL;
+  }
+  p->buf = host;
+  p->len = (Py_ssize_t)len;
+  p->pin = pin;
+  PyObject *view = PyMemoryView_FromObject((PyObject *)p);
+  Py_DECREF(p); /* the view holds it now (or, on failure, it unpins) */
+  return view;
 }
 
 /* fault_arm(n, op=None, code=None, persistent=False): fail the nth backend
@@ -924,7 +1017,9 @@ static PyMethodDef Instance_methods[] = {
      "only copies."},
     {"release_backup", VARKW(Instance_release_backup),
      "release_backup($self, /, tags=None)\n--\n\n"
-     "Give back the retained host backups of awake allocations."},
+     "Give back every host backup that holds no content still to restore: "
+     "retained ones of awake allocations, and those of allocations whose "
+     "content a sleep discarded."},
     {"prepare_backup_async", VARKW(Instance_prepare_backup_async),
      "prepare_backup_async($self, /, tags=None)\n--\n\n"
      "Pin host backup memory for these tags in the background, starting "
@@ -990,8 +1085,10 @@ static PyMethodDef Instance_methods[] = {
     {"backup_view", (PyCFunction)Instance_backup_view, METH_O,
      "backup_view($self, ptr, /)\n--\n\n"
      "A writable memoryview of the host backup from ptr to the end of its "
-     "allocation, or None when no backup holds its content. Valid until the "
-     "backup is given back: copy it to keep it."},
+     "allocation, or None when no backup holds valid content (none saved, "
+     "discarded by the last sleep, or on disk). The memory stays mapped as "
+     "long as the view lives, even after a free, release_backup or close; "
+     "while the backup stays attached, later sleeps write into it."},
     {"fault_arm", VARKW(Instance_fault_arm),
      "fault_arm($self, /, n, op=None, code=None, persistent=False)\n--\n\n"
      "Fail the nth backend call (of operation op, e.g. \"create\") with "
@@ -1002,8 +1099,10 @@ static PyMethodDef Instance_methods[] = {
      "How many failures were injected since the last fault_arm."},
     {"close", (PyCFunction)Instance_close, METH_NOARGS,
      "close($self, /)\n--\n\n"
-     "Free every allocation and backup, then the instance. The default "
-     "instance cannot be closed."},
+     "Free every allocation and backup, then the instance. Refused "
+     "(CumemError EBUSY) while other threads' calls run on it; a failed "
+     "close keeps the instance, and can be retried. The default instance "
+     "cannot be closed."},
     {"__enter__", Instance_enter, METH_NOARGS,
      "__enter__($self, /)\n--\n\n"
      "Return the instance itself."},
@@ -1029,17 +1128,21 @@ static PyTypeObject InstanceType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Instance(backend=None, *, chunk_size=None, zero_on_wake=None, "
               "retain_backup=None, copy_chunk=None, host_threads=None, "
-              "verbose=None, fault=False, disk_dir=None, prepare_ahead=None, "
-              "prepare_ahead_delay_ms=None, skip_unchanged=None)\n--\n\n"
+              "release_threads=None, verbose=None, fault=False, disk_dir=None, "
+              "prepare_ahead=None, prepare_ahead_delay_ms=None, numa=None, "
+              "register_lock=None, skip_unchanged=None)\n--\n\n"
               "One cumem instance (cumem_open), with its own allocations, "
-              "tags and backups. Options left None keep their default (then "
-              "the CUMEM_* environment); fault=True wraps the backend in the "
-              "fault-injecting one, for tests (see fault_arm); disk_dir (a "
-              "path) is where tags with backup=\"disk\" sleep; skip_unchanged=True "
-              "makes sleeps copy only the copy chunks that changed since the "
-              "retained backup was written. Use "
-              "cumem.default() for the process-wide instance that PyTorch "
-              "allocations go to.",
+              "tags and backups. Options are cumem_options_t's fields by name "
+              "(an int, or a str such as \"64M\"); left None they keep their "
+              "default (then the CUMEM_* environment). A value not allowed "
+              "raises CumemError (EINVAL) naming the option and what it "
+              "allows. fault=True wraps the backend in the fault-injecting "
+              "one, for tests (see fault_arm); disk_dir (a path) is where "
+              "tags with backup=\"disk\" sleep; skip_unchanged=True makes "
+              "sleeps copy only the copy chunks that changed since the "
+              "retained backup was written. close() refuses (EBUSY) while "
+              "other threads' calls run on the instance. Use cumem.default() "
+              "for the process-wide instance that PyTorch allocations go to.",
     .tp_methods = Instance_methods,
     .tp_getset = Instance_getset,
     .tp_init = (initproc)Instance_init,
@@ -1066,7 +1169,8 @@ static PyObject *mod_default(PyObject *mod, PyObject *noargs) {
       inst->cm = cm;
       inst->owned = 0;
       inst->fault = NULL;
-      inst->backend_name = NULL;
+      inst->calls = 0;
+      inst->closing = 0;
       default_instance = (PyObject *)inst;
     }
   }
@@ -1093,7 +1197,9 @@ static PyObject *mod_current_tag(PyObject *mod, PyObject *noargs) {
 static PyObject *mod_last_error(PyObject *mod, PyObject *noargs) {
   (void)mod;
   (void)noargs;
-  return PyUnicode_FromString(cumem_last_error());
+  const char *d = cumem_last_error();
+  /* Never raise here: whatever bytes a detail holds, decode what can be. */
+  return PyUnicode_DecodeUTF8(d, (Py_ssize_t)strlen(d), "replace");
 }
 
 /* An error code from a Python int. A value outside int is no code at all:
@@ -1154,7 +1260,7 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC PyInit__C(void) {
   PyObject *m = PyModule_Create(&module_def);
   if (!m) return NULL;
-  if (PyType_Ready(&InstanceType) < 0) goto fail;
+  if (PyType_Ready(&InstanceType) < 0 || PyType_Ready(&PinnedType) < 0) goto fail;
   Py_INCREF(&InstanceType);
   if (PyModule_AddObject(m, "Instance", (PyObject *)&InstanceType) < 0) {
     Py_DECREF(&InstanceType);

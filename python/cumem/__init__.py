@@ -27,9 +27,12 @@ Errors are cumem.CumemError, a RuntimeError carrying .code (a negative
 CUMEM_E* value); out of device memory is CumemOutOfMemoryError, a subclass.
 Options come from CUMEM_* environment variables read when the process-wide
 instance opens (first use): CUMEM_RETAIN_BACKUP, CUMEM_CHUNK_SIZE_MB,
-CUMEM_ZERO_ON_WAKE, CUMEM_COPY_CHUNK_MB, CUMEM_HOST_THREADS, CUMEM_BACKEND,
-CUMEM_PREPARE_AHEAD, CUMEM_PREPARE_AHEAD_DELAY_MS, CUMEM_NUMA, CUMEM_DISK_DIR,
-CUMEM_VERBOSE (which also prints where each adapter call spent its time).
+CUMEM_ZERO_ON_WAKE, CUMEM_COPY_CHUNK_MB, CUMEM_HOST_THREADS,
+CUMEM_RELEASE_THREADS, CUMEM_BACKEND, CUMEM_PREPARE_AHEAD,
+CUMEM_PREPARE_AHEAD_DELAY_MS, CUMEM_NUMA, CUMEM_DISK_DIR, CUMEM_VERBOSE
+(which also prints where each adapter call spent its time); a private
+Instance(backend, **options) takes them as keywords (copy_chunk=64 << 20 or
+"64M"). A value that is not allowed raises CumemError (EINVAL) naming it.
 
 Disk backups. A tag can keep its offloaded content in files instead of host
 memory: default().set_tag_options(tag, backup="disk") and a directory

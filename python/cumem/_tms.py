@@ -351,8 +351,9 @@ class TorchMemorySaver:
         """The CPU backup of tensor x (same dtype, shape), or None when none
         holds its content (never paused with enable_cpu_backup, backed up
         on disk, or resumed without retain_cpu_backup). zero_copy=True
-        returns a view of the backup itself, valid until the backup is
-        given back."""
+        returns a view of the backup itself: it keeps that memory mapped as
+        long as it lives, even after x is freed (later pauses of x write
+        into it while the backup stays attached to x)."""
         import torch
 
         if not x.is_cuda:

@@ -227,12 +227,38 @@ static PyObject *py_init_module(PyObject *self, PyObject *args) {
   Py_RETURN_NONE;
 }
 
+/* One non-negative int field of the handle tuple, checked (the 'K' format
+ * wrapped 2**70 to 0, which then read as "NULL argument", and let -1
+ * through as an address). `least` is the smallest value allowed. */
+static int handle_field(PyObject *obj, const char *call, const char *name, unsigned long long least,
+                        unsigned long long *out) {
+  if (!PyLong_Check(obj)) {
+    PyErr_Format(PyExc_TypeError, "%s: %s must be an int, not %.100s", call, name, Py_TYPE(obj)->tp_name);
+    return -1;
+  }
+  unsigned long long v = PyLong_AsUnsignedLongLong(obj);
+  if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+    PyErr_Clear();
+    PyErr_Format(PyExc_ValueError, "%s: %s = %R is not %s (from %llu to 2**64 - 1)", call, name, obj,
+                 least ? "an address" : "a non-negative int", least);
+    return -1;
+  }
+  if (v < least) {
+    PyErr_Format(PyExc_ValueError, "%s: %s = %llu is not an address (NULL)", call, name, v);
+    return -1;
+  }
+  *out = v;
+  return 0;
+}
+
 /* (device, size, d_mem, handle): the handle may be any object (an int here,
  * a list of chunks in vLLM's ROCm build); cumem finds the memory by d_mem. */
-static int parse_handle(PyObject *args, unsigned long long *d_mem) {
-  unsigned long long device, size;
-  PyObject *handle;
-  if (!PyArg_ParseTuple(args, "KKKO", &device, &size, d_mem, &handle))
+static int parse_handle(PyObject *args, const char *call, unsigned long long *d_mem) {
+  PyObject *device, *size, *mem, *handle;
+  unsigned long long unused;
+  if (!PyArg_ParseTuple(args, "OOOO", &device, &size, &mem, &handle)) return -1;
+  if (handle_field(device, call, "device", 0, &unused) < 0 || handle_field(size, call, "size", 0, &unused) < 0 ||
+      handle_field(mem, call, "d_mem", 1, d_mem) < 0)
     return -1;
   return 0;
 }
@@ -243,7 +269,7 @@ static PyObject *seed_call(PyObject *args, int (*fn)(cumem_t *, void *), const c
   unsigned long long d_mem;
   cumem_t *cm;
   int rc;
-  if (parse_handle(args, &d_mem) < 0) return NULL;
+  if (parse_handle(args, name, &d_mem) < 0) return NULL;
   if ((rc = seed_instance(&cm)) != CUMEM_OK)
     return raise_runtime(rc, "cumem_default");
   Py_BEGIN_ALLOW_THREADS
