@@ -8,14 +8,14 @@
 #   scripts/gpu_run.sh tests   both
 #   scripts/gpu_run.sh bench   cumem bench (text and JSON), the disk tier's
 #                              bench, the Python-level bench of every API
-#   scripts/gpu_run.sh multi   one bench process per GPU at once (bench/concurrent.py)
+#   scripts/gpu_run.sh multi   one bench process per GPU at once (bench/multi_gpu.py)
 #   scripts/gpu_run.sh soak    the soak (SOAK_CYCLES=N sizes it)
 #   scripts/gpu_run.sh all     tests, bench, soak (longer than one device call)
 #
 # Logs go to $LOGS (default ./out-logs); $OUT (default ./out) receives one
 # archive of them per phase and the summary, so that what comes back from
 # the device machine fits its limit on files. Extra knobs: PYBENCH_ARGS
-# (bench/python_bench.py), MULTI_ARGS (bench/concurrent.py).
+# (bench/python_bench.py), MULTI_ARGS (bench/multi_gpu.py).
 set -u
 what=${1:-all}
 OUT=${OUT:-$PWD/out}
@@ -75,7 +75,7 @@ case $what in bench|all)
 ;; esac
 
 case $what in multi)
-  step multi bash -c "python3 bench/concurrent.py ${MULTI_ARGS:---pinprobe -- --size 16 --kv 2 --rounds 1}"
+  step multi bash -c "python3 bench/multi_gpu.py ${MULTI_ARGS:---pinprobe -- --size 16 --kv 2 --rounds 1}"
 ;; esac
 
 case $what in soak|all)

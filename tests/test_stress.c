@@ -282,6 +282,7 @@ TEST(threads_own_tags_and_global_sleep_wake) {
 static int fresh(cumem_t **cm, cumem_backend_t **fault) {
   cumem_options_t o;
   cumem_options_init(&o);
+  o.skip_unchanged = 0; /* as in model_pick_options */
   return test_open(cm, fault, &o);
 }
 

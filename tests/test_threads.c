@@ -334,7 +334,12 @@ static int open_gated(cumem_t **cm, void **p, size_t n, unsigned seed) {
   gate.armed = 0;
   memset(gate.inside, 0, sizeof gate.inside);
   memset(gate.open, 0, sizeof gate.open);
-  rc = cumem_open_backend(cm, NULL, b);
+  /* Every sleep copies (skipping unchanged chunks off): the copies are
+   * where the gates stop a call. */
+  cumem_options_t o;
+  cumem_options_init(&o);
+  o.skip_unchanged = 0;
+  rc = cumem_open_backend(cm, &o, b);
   if (!rc) rc = cumem_alloc(*cm, p, n, 0, "w");
   if (!rc) rc = fill_pattern(*cm, *p, n, seed);
   return rc;

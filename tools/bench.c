@@ -12,7 +12,7 @@
  * fingerprinting), beside the fingerprint kernel's own rate. The restored
  * weights are verified byte for byte.
  *
- * For the several-GPU runs (bench/concurrent.py): CUMEM_BENCH_BARRIER=DIR:N
+ * For the several-GPU runs (bench/multi_gpu.py): CUMEM_BENCH_BARRIER=DIR:N
  * lines the N processes up before each timed phase; CUMEM_BENCH_PRETOUCH_GIB
  * touches that much fresh host memory (and gives it back) first. */
 #include "cumem_backend.h"
@@ -157,7 +157,7 @@ static double wait_rss_below(size_t bytes, double limit) {
   return now_seconds();
 }
 
-/* CUMEM_BENCH_BARRIER=DIR:N (bench/concurrent.py sets it): the N bench
+/* CUMEM_BENCH_BARRIER=DIR:N (bench/multi_gpu.py sets it): the N bench
  * processes of one run meet before each timed phase, so that their cold
  * sleeps (or pinning) really overlap. Each leaves a file DIR/<phase>.<pid>
  * and waits until N are there (two minutes at most). */

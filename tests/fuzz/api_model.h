@@ -1133,6 +1133,11 @@ static inline void model_pick_options(src_t *s, cumem_options_t *o, size_t g) {
   (void)chance(s, 20);
   o->zero_on_wake = chance(s, 30);
   o->retain_backup = !chance(s, 30);
+  /* Skipping unchanged chunks off: this model predicts that every injected
+   * fault fails its call, and a sleep whose fingerprinting fails copies
+   * everything and succeeds instead. The skip path has its own model and
+   * fault sweeps (test_skip.c). */
+  o->skip_unchanged = 0;
   o->host_threads = 1 + (int)pick(s, 3);
   o->verbose = 0;
 }

@@ -3,6 +3,7 @@
 get_cpu_backup(zero_copy=...) and retention."""
 
 import os
+import time
 import resource
 import signal
 
@@ -105,7 +106,10 @@ def test_cpu_backup_backends_round_trip_and_give_rss_back(tms, kind):
     base = rss()
     tms.pause("k" + kind)
     assert rss() - base >= 0.9 * w.nbytes  # the backup is in host memory
-    tms.resume("k" + kind)  # not retained: given back (munmap) for both kinds
+    tms.resume("k" + kind)  # not retained: given back (munmap) for both kinds, in the
+    deadline = time.monotonic() + 1.0  # background, within a second of the resume (issue 9)
+    while rss() - base >= 0.25 * w.nbytes and time.monotonic() < deadline:
+        time.sleep(0.005)
     assert rss() - base < 0.25 * w.nbytes
     assert torch.equal(w[:: 1 << 16].cpu(), expected)
 

@@ -3,7 +3,7 @@
 time, lined up before each timed phase, against one process alone on the
 same machine -- and the knobs that may explain the difference.
 
-    bench/concurrent.py [--cumem build/cumem] [--gpus N] [--sweep NAMES]
+    bench/multi_gpu.py [--cumem build/cumem] [--gpus N] [--sweep NAMES]
                         [--pinprobe] [-- bench options, e.g. --size 16 --kv 2]
 
 For each configuration it runs the bench alone (GPU 0, the others idle) and
