@@ -83,7 +83,7 @@ def test_every_api_allocates_in_one_instance_and_sleeps_its_own():
         vllm.wake_up()
         torch_memory_saver.resume()
         cumem.wake([t for t in TAGS if t in cumem.tags()])
-        del a, b, c, d, tensors
+        a = b = c = d = t = tensors = None  # (t: the loops' last tensor)
         seed.pools.clear()  # the seed's pools free their segments through my_free
         release_torch_cache()
     assert not seed.pointer_to_data

@@ -15,18 +15,23 @@ pytestmark = requires_cuda
 MiB = 1 << 20
 
 
+@pytest.fixture(scope="session")
+def disk_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cumem-disk")
+
+
 @pytest.fixture
-def tms(tmp_path):
-    import cumem
+def tms(disk_dir):
     from cumem import torch_memory_saver
 
-    previous = cumem.default().disk_dir
-    torch_memory_saver.set_disk_backup_dir(str(tmp_path / "disk"))
+    # The directory stays set after the test: the regions' pools keep cached
+    # blocks of the disk tags, and a later pause of every tag backs them up
+    # too (without a directory it would be refused).
+    torch_memory_saver.set_disk_backup_dir(str(disk_dir))
     yield torch_memory_saver
     torch_memory_saver.retain_cpu_backup = False
     torch_memory_saver.resume()  # leave nothing paused for the next test
     release_torch_cache()
-    cumem.default().set_disk_dir(previous)
 
 
 def rss():
@@ -37,7 +42,7 @@ def rss():
     raise RuntimeError("no VmRSS")
 
 
-def test_disk_backup_round_trips_bit_exact(tms, tmp_path):
+def test_disk_backup_round_trips_bit_exact(tms, disk_dir):
     import cumem
     import torch
 
@@ -60,7 +65,7 @@ def test_disk_backup_round_trips_bit_exact(tms, tmp_path):
         assert freed >= 0.95 * (w.nbytes + b.nbytes + c.nbytes + kv.nbytes)
         assert rss_after < w.nbytes / 2  # no host copy of the disk backups
         assert tms.get_cpu_backup(w) is None  # on disk: no CPU view
-        assert os.listdir(tmp_path / "disk") == []  # unnamed files
+        assert os.listdir(disk_dir) == []  # unnamed files
         tms.resume("dsk")
         assert [t.data_ptr() for t in (w, b, c, kv)] == ptrs
         for t, e in zip((w, b, c), expected):
