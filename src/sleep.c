@@ -145,16 +145,13 @@ int cumem__engine_prepare(cumem_t *cm, alloc_t **list, size_t n) {
   return rc;
 }
 
-/* Allocations a sleep releases on the pool while the copies run: the
- * discarded ones (releasing 32 GiB takes the driver tens of milliseconds,
- * which would otherwise come after the copies), then the offloaded ones
- * found unchanged (skip), added as the copy loop finds them. Items never
- * filled (a failure stopped the loop) are NULL. */
+/* The discarded allocations of a sleep, released by the pool while the
+ * copies run: releasing 32 GiB takes the driver tens of milliseconds, which
+ * would otherwise come after the copies. */
 typedef struct discards { cumem_t *cm; alloc_t **list; } discards_t;
 
 static int release_job(void *ctx, size_t i) {
   discards_t *d = ctx;
-  if (!d->list[i]) return 0;
   int scope = cumem__log_scope(d->cm->opts.verbose); /* log as the instance does */
   int rc = release_alloc_memory(d->cm, d->list[i]);
   cumem__log_scope_restore(scope);
@@ -168,23 +165,17 @@ typedef struct pending {
   void *event;  /* NULL: nothing was copied */
 } pending_t;
 
-/* The backup of p holds its content now: mark it so and record its
- * fingerprints (which waits for the kernel reading p: only then may its
- * memory go). */
-static int mark_offloaded(skip_t *sk, pending_t *p) {
-  p->a->backed_up = 1;
-  p->a->backup.filled = 1;
-  return cumem__skip_record(sk, p->index, p->a);
-}
-
-/* Wait for p's copies, mark it offloaded, then release its memory. */
+/* Wait for p's copies, then mark it backed up, record its fingerprints and
+ * release its memory. */
 static int complete_offload(cumem_t *cm, skip_t *sk, pending_t *p, double *t_copy, double *t_release) {
   double t0 = cumem__now();
   int rc = p->event ? cm->backend->event_synchronize(cm->backend, p->event) : 0;
   double t1 = cumem__now();
   *t_copy += t1 - t0;
   if (rc) return rc;
-  rc = mark_offloaded(sk, p);
+  p->a->backed_up = 1;
+  p->a->backup.filled = 1;
+  rc = cumem__skip_record(sk, p->index, p->a);
   if (!rc) rc = release_alloc_memory(cm, p->a);
   *t_release += cumem__now() - t1;
   return rc;
@@ -225,9 +216,8 @@ int cumem__engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned ch
     rc = cumem__pool_start(&touchers, touch_job, jobs, njobs, cm->opts.host_threads);
     touching = !rc;
   }
-  /* Discarded (or already backed up) allocations go at once, on threads;
-   * offloaded ones that turn out unchanged follow them there. */
-  alloc_t **discard = rc ? NULL : calloc(n ? n : 1, sizeof *discard);
+  /* Discarded (or already backed up) allocations go at once, on threads. */
+  alloc_t **discard = rc ? NULL : malloc((n ? n : 1) * sizeof *discard);
   size_t ndiscard = 0;
   if (!rc && !discard) rc = CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory");
   for (size_t i = 0; !rc && i < n; i++) {
@@ -240,10 +230,9 @@ int cumem__engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned ch
   discards_t discards = {cm, discard};
   cumem__pool_t releasers;
   int releasing = 0;
-  if (!rc && n > 0) {
-    rc = cumem__pool_start_gated(&releasers, release_job, &discards, n, cm->opts.release_threads);
+  if (!rc && ndiscard > 0) {
+    rc = cumem__pool_start(&releasers, release_job, &discards, ndiscard, cm->opts.release_threads);
     releasing = !rc;
-    if (releasing) cumem__pool_release(&releasers, ndiscard);
   }
   skip_t sk; /* fingerprints, queued now (none after a failure) */
   int rc_skip = cumem__skip_begin(&sk, cm, list, rc ? 0 : n, copy);
@@ -272,13 +261,9 @@ int cumem__engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned ch
         rc = b->copy_to_host(b, a->backup.ptr + s * a->backup.seg, a->va + s * a->backup.seg,
                              cumem__hostbuf_segment_size(&a->backup, s), stream);
     }
-    if (!rc && ncopy == 0) { /* the backup holds all of it already: release it on the pool */
+    if (!rc && ncopy == 0) { /* the backup holds all of it already: release now */
       pending_t done = {a, i, NULL};
-      rc = mark_offloaded(&sk, &done);
-      if (!rc) {
-        discard[ndiscard++] = a;
-        cumem__pool_release(&releasers, ndiscard);
-      }
+      rc = complete_offload(cm, &sk, &done, &t_copy, &t_release_copied);
       continue;
     }
     if (!rc) rc = b->event_create(b, a->device, &event);
