@@ -360,6 +360,27 @@ int cumem__backup_map(cumem_t *cm, alloc_t *a) {
   return cumem__hostbuf_map(&a->backup, a->size, cm->opts.copy_chunk, node);
 }
 
+int cumem__streams_get(cumem_t *cm, streams_t *st, int device, void **out) {
+  if (!st->s[device]) {
+    int rc = cm->backend->stream_create(cm->backend, device, &st->s[device]);
+    if (rc) return rc;
+  }
+  *out = st->s[device];
+  return 0;
+}
+
+int cumem__streams_finish(cumem_t *cm, streams_t *st) {
+  int first = 0;
+  for (int d = 0; d < CUMEM_MAX_DEVICES; d++) {
+    if (!st->s[d]) continue;
+    int rc = cm->backend->stream_synchronize(cm->backend, st->s[d]);
+    int rc2 = cm->backend->stream_destroy(cm->backend, st->s[d]);
+    st->s[d] = NULL;
+    if (!first) first = rc ? rc : rc2;
+  }
+  return first;
+}
+
 int cumem__is_asleep(const alloc_t *a) { return a->nmapped < a->nchunks || a->backed_up; }
 
 int cumem__holds_memory(const alloc_t *a) {

@@ -73,6 +73,11 @@ typedef struct device {
   cumem_device_info_t info;
 } device_t;
 
+/* One stream per device, created on first use within a call (core.c). */
+typedef struct streams {
+  void *s[CUMEM_MAX_DEVICES];
+} streams_t;
+
 /* lock.c: a fair (FIFO) lock. */
 typedef struct cumem__lock {
   pthread_mutex_t mu;
@@ -165,6 +170,11 @@ int cumem__tag_in(tag_t *t, tag_t **set, size_t n, int all);
 int cumem__tag_prepares_ahead(const cumem_t *cm, const tag_t *t);
 /* Map (not yet pin) a's backup buffer, unless it has one. */
 int cumem__backup_map(cumem_t *cm, alloc_t *a);
+/* The stream of `device` in st, created if it has none yet (*out is left
+ * as it was on failure). */
+int cumem__streams_get(cumem_t *cm, streams_t *st, int device, void **out);
+/* Wait for and destroy every stream of st; returns the first failure. */
+int cumem__streams_finish(cumem_t *cm, streams_t *st);
 
 /* sleep.c: the engine, over a list of allocations. */
 int cumem__engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned char *offload);

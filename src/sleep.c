@@ -33,33 +33,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* One stream per device, created on first use within a call. */
-typedef struct streams {
-  void *s[CUMEM_MAX_DEVICES];
-} streams_t;
-
-static int stream_for(cumem_t *cm, streams_t *st, int device, void **out) {
-  if (!st->s[device]) {
-    int rc = cm->backend->stream_create(cm->backend, device, &st->s[device]);
-    if (rc) return rc;
-  }
-  *out = st->s[device];
-  return 0;
-}
-
-/* Wait for and destroy every stream; returns the first failure. */
-static int streams_finish(cumem_t *cm, streams_t *st) {
-  int first = 0;
-  for (int d = 0; d < CUMEM_MAX_DEVICES; d++) {
-    if (!st->s[d]) continue;
-    int rc = cm->backend->stream_synchronize(cm->backend, st->s[d]);
-    int rc2 = cm->backend->stream_destroy(cm->backend, st->s[d]);
-    st->s[d] = NULL;
-    if (!first) first = rc ? rc : rc2;
-  }
-  return first;
-}
-
 static int release_alloc_memory(cumem_t *cm, alloc_t *a) {
   for (size_t i = 0; i < a->nchunks; i++) { /* handles left by failures too */
     int rc = cumem__unmap_chunk(cm, a, i);
@@ -247,7 +220,7 @@ int cumem__engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned ch
     void *stream, *event = NULL;
     const unsigned char *changed = NULL; /* NULL: every segment */
     size_t ncopy = 0;
-    rc = stream_for(cm, &st, a->device, &stream);
+    rc = cumem__streams_get(cm, &st, a->device, &stream);
     if (!rc) rc = cumem__skip_plan(&sk, i, a, &changed, &ncopy);
     size_t k = first[i];
     for (size_t s = 0; !rc && s < a->backup.nseg; s++) {
@@ -296,7 +269,7 @@ int cumem__engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned ch
       cumem__error_save(&e);
     }
   }
-  int rc2 = streams_finish(cm, &st);
+  int rc2 = cumem__streams_finish(cm, &st);
   skip_t sk_log = sk; /* its figures, for the log */
   int rc_end = cumem__skip_end(&sk);
   if (!rc2) rc2 = rc_end;
@@ -338,7 +311,7 @@ static int queue_restore(cumem_t *cm, streams_t *st, alloc_t *a) {
   void *stream;
   if (a->backed_up && a->disk.filled) return 0; /* read back by cumem__disk_wake */
   if (!a->backed_up && !cm->opts.zero_on_wake) return 0;
-  int rc = stream_for(cm, st, a->device, &stream);
+  int rc = cumem__streams_get(cm, st, a->device, &stream);
   if (rc) return rc;
   if (!a->backed_up) return b->memset(b, a->va, 0, a->size, stream);
   for (size_t s = 0; !rc && s < a->backup.nseg; s++)
@@ -371,7 +344,7 @@ int cumem__engine_wake(cumem_t *cm, alloc_t **list, size_t n) {
   double t_queued = cumem__now();
   cumem__error_save_t e;
   cumem__error_save(&e);
-  int rc2 = streams_finish(cm, &st);
+  int rc2 = cumem__streams_finish(cm, &st);
   if (rc) cumem__error_restore(&e); else rc = rc2;
   cumem__log("wake of %zu allocations: %.1f ms mapping, %.1f ms queueing in all, %.1f ms waiting for copies",
              n, t_map * 1e3, (t_queued - t0) * 1e3, (cumem__now() - t_queued) * 1e3);
