@@ -8,7 +8,7 @@
  *   2. for the allocations to offload, first-touch host segments on a pool
  *      of threads; this thread page-locks each touched segment and queues
  *      its device-to-host copy (one stream per device), so preparing and
- *      copying overlap (hostmem.c says why registration stays here);
+ *      copying overlap (prepare_job says why registration stays here);
  *   3. release each allocation's physical memory as soon as its own copies
  *      are done (an event per allocation), overlapped with the next copies;
  *      discarded allocations are released at once, by other threads, while
