@@ -119,8 +119,8 @@ struct cumem {
   cumem__background_t bg;
   char *disk_dir;  /* absolute path for disk backups, or NULL (disk.c) */
   hostbuf_t disk_staging; /* disk.c's staging buffers, during a call */
-  uint64_t *fp_arena;    /* skip.c: page-locked room for a sleep's */
-  size_t fp_arena_size;  /* fingerprints (kept only if unlocking failed) */
+  uint64_t *fp_arena;    /* skip.c: page-locked room for a sleep's
+                            fingerprints (kept only if unlocking failed) */
 };
 
 void cumem__lock_init(cumem__lock_t *l);

@@ -53,7 +53,6 @@ static int arena_free(cumem_t *cm) {
   if (rc) return rc; /* never free memory the driver may still have locked */
   free(cm->fp_arena);
   cm->fp_arena = NULL;
-  cm->fp_arena_size = 0;
   return 0;
 }
 
@@ -71,7 +70,6 @@ static int arena_make(cumem_t *cm, size_t values) {
     return rc;
   }
   cm->fp_arena = p;
-  cm->fp_arena_size = size;
   return 0;
 }
 
