@@ -480,7 +480,11 @@ int cumem_alloc_ex(cumem_t *cm, void **out, size_t size, int device, const char 
   a->device = device;
   a->peer_mask = peer_mask & ~((uint64_t)1 << device);
 
-  cumem__lock_acquire(&cm->lock);
+  rc = cumem__enter(cm); /* (its fork check cannot fail here: the one above passed) */
+  if (rc) {
+    alloc_destroy_record(a);
+    return rc;
+  }
   if (cm->limbo) {
     cumem__error_save_t e0;
     cumem__error_save(&e0);
