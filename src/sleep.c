@@ -125,10 +125,7 @@ typedef struct discards { cumem_t *cm; alloc_t **list; } discards_t;
 
 static int release_job(void *ctx, size_t i) {
   discards_t *d = ctx;
-  int scope = cumem__log_scope(d->cm->opts.verbose); /* log as the instance does */
-  int rc = release_alloc_memory(d->cm, d->list[i]);
-  cumem__log_scope_restore(scope);
-  return rc;
+  return release_alloc_memory(d->cm, d->list[i]);
 }
 
 /* An allocation whose copies are queued and whose release waits for them. */
