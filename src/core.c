@@ -663,7 +663,7 @@ int cumem_query(cumem_t *cm, const void *ptr, cumem_alloc_info_t *info) {
     info->device = a->device;
     info->asleep = cumem__is_asleep(a);
     info->backed_up = a->backed_up;
-    info->on_disk = a->backed_up && a->disk.filled;
+    info->on_disk = cumem__on_disk(a);
     strcpy(info->tag, a->tag->name);
   }
   cumem__leave(cm);
@@ -675,7 +675,7 @@ int cumem_query(cumem_t *cm, const void *ptr, cumem_alloc_info_t *info) {
 static int backup_locate(cumem_t *cm, const void *ptr, alloc_t **out, void **host, size_t *len) {
   alloc_t *a = cumem__table_find_containing(&cm->table, (uintptr_t)ptr);
   if (!a || a->freeing) return CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is not inside a live cumem allocation", ptr);
-  if (a->backed_up && a->disk.filled)
+  if (cumem__on_disk(a))
     return CUMEM_FAIL(CUMEM_ENOTFOUND, "the content of %p is backed up on disk: no host view", ptr);
   if (!a->backup.filled)
     return !a->backup.ptr ? CUMEM_FAIL(CUMEM_ENOTFOUND, "%p has no host backup", ptr)
@@ -739,7 +739,7 @@ int cumem_stats(cumem_t *cm, const char *tag, cumem_stats_t *out) {
       out->bytes_asleep += a->size - m;
       if (a->backed_up) out->bytes_backed_up += a->size;
       if (a->backed_up && !a->disk.filled) out->bytes_skipped += a->skipped; /* host backups only */
-      if (a->backed_up && a->disk.filled) out->bytes_on_disk += a->size;
+      if (cumem__on_disk(a)) out->bytes_on_disk += a->size;
       out->bytes_host_held += cumem__hostbuf_held(&a->backup);
       out->bytes_host_pinned += a->backup.pinned;
     }

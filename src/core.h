@@ -55,6 +55,9 @@ typedef struct alloc {
   struct alloc *prev, *next;        /* every allocation, oldest first */
 } alloc_t;
 
+/* Its content is backed up in its disk file (disk.h), not in host memory. */
+static inline int cumem__on_disk(const alloc_t *a) { return a->backed_up && a->disk.filled; }
+
 /* Prepare-ahead of an allocation's backup by the background worker. */
 enum ahead {
   AHEAD_NONE,   /* not asked for */

@@ -548,7 +548,7 @@ int cumem__disk_wake(cumem_t *cm, alloc_t **list, size_t n) {
   if (!mine) return CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory");
   size_t count = 0, bytes = 0, largest = 0;
   for (size_t i = 0; i < n; i++) {
-    if (!(mine[i] = list[i]->backed_up && list[i]->disk.filled)) continue;
+    if (!(mine[i] = cumem__on_disk(list[i]))) continue;
     count++;
     bytes += list[i]->size;
     if (list[i]->size > largest) largest = list[i]->size;

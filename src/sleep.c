@@ -306,7 +306,7 @@ static int map_alloc(cumem_t *cm, alloc_t *a, mapped_chunk_t *undo, size_t *nund
 static int queue_restore(cumem_t *cm, streams_t *st, alloc_t *a) {
   cumem_backend_t *b = cm->backend;
   void *stream;
-  if (a->backed_up && a->disk.filled) return 0; /* read back by cumem__disk_wake */
+  if (cumem__on_disk(a)) return 0; /* read back by cumem__disk_wake */
   if (!a->backed_up && !cm->opts.zero_on_wake) return 0;
   int rc = cumem__streams_get(cm, st, a->device, &stream);
   if (rc) return rc;
