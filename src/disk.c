@@ -64,7 +64,7 @@
 #define DISK_PIECE_MAX ((size_t)32 << 20) /* bytes per buffer at most */
 #define TMPFS_MAGIC_ 0x01021994
 
-static size_t align_up(size_t n) { return (n + DISK_ALIGN - 1) / DISK_ALIGN * DISK_ALIGN; }
+static size_t align_up(size_t n) { return cumem__ceil_div(n, DISK_ALIGN) * DISK_ALIGN; }
 
 /* ---- the test hook (cumem_testing.h) -------------------------------------- */
 
@@ -455,7 +455,7 @@ static int stager_run(cumem_t *cm, alloc_t **list, size_t n, const unsigned char
   int rc = stager_open(&st, cm, largest);
   size_t count = 0;
   for (size_t i = 0; !rc && i < n; i++)
-    if (which[i]) count += (list[i]->size + st.seg - 1) / st.seg;
+    if (which[i]) count += cumem__ceil_div(list[i]->size, st.seg);
   if (!rc && !(pieces = malloc((count ? count : 1) * sizeof *pieces)))
     rc = CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for %zu disk pieces", count);
   if (!rc) rc = cumem__pool_start_gated(&st.io, transfer_task, &st, count, DISK_IO_THREADS);

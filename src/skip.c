@@ -59,7 +59,7 @@ static int arena_free(cumem_t *cm) {
 static int arena_make(cumem_t *cm, size_t values) {
   int rc = arena_free(cm); /* one a sleep could not give back */
   if (rc) return rc;
-  size_t page = (size_t)sysconf(_SC_PAGESIZE), size = (values * sizeof(uint64_t) + page - 1) / page * page;
+  size_t page = (size_t)sysconf(_SC_PAGESIZE), size = cumem__ceil_div(values * sizeof(uint64_t), page) * page;
   void *p = NULL;
   if (posix_memalign(&p, page, size) != 0)
     return CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for %zu fingerprints", values);
