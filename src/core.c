@@ -167,14 +167,14 @@ static int several_numa_nodes(void) {
 }
 
 /* The options that name strings or files become the instance's own: the
- * caller's strings need not outlive cumem_open. */
+ * caller's strings need not outlive cumem_open, and cm->opts keeps none of
+ * them (as with backend and disk_dir). */
 static int take_option_strings(cumem_t *cm) {
   const char *ahead = cm->opts.prepare_ahead, *lock = cm->opts.register_lock;
   cm->opts.prepare_ahead = cm->opts.register_lock = NULL;
   cm->register_lock_fd = -1;
   if (ahead && *ahead && !(cm->ahead_tags = strdup(ahead)))
     return CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for the prepare_ahead option");
-  cm->opts.prepare_ahead = cm->ahead_tags;
   if (lock) {
     cm->register_lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
     if (cm->register_lock_fd < 0)

@@ -107,8 +107,10 @@ typedef struct cumem__background {
 
 struct cumem {
   cumem_backend_t *backend;
-  cumem_options_t opts;   /* its strings point into the instance's copies */
-  char *ahead_tags;       /* opts.prepare_ahead, owned */
+  cumem_options_t opts;   /* its strings are NULL: the instance keeps its own
+                             copies (ahead_tags, disk_dir) or what they name
+                             (register_lock_fd) */
+  char *ahead_tags;       /* the prepare_ahead option, owned; NULL: none */
   int numa_bind;          /* put backups on their GPU's NUMA node */
   int register_lock_fd;   /* opts.register_lock opened, or -1 */
   unsigned fork_generation; /* cumem__fork_generation() at open */
