@@ -407,10 +407,12 @@ static int bench_skip(cumem_t *cm, const workload_t *w, size_t copy_chunk, doubl
     tool_progress("skip unchanged: every copy chunk changed (the cost of fingerprinting)");
     rc = skip_rounds(cm, m, 1, 0x61, r->moved, sl, r, &k->everything, &copied);
   }
-  if (!rc) rc = mark_chunks(cm, m, k->chunks, 1, 0, 0, NULL);
-  if (!rc) rc = cumem_sleep(cm, NULL, W);
-  if (!rc) rc = cumem_wake(cm, NULL);
-  if (rc && m) tool_fail("skip unchanged", rc);
+  if (!rc) { /* every failure above is already reported; these are not */
+    rc = mark_chunks(cm, m, k->chunks, 1, 0, 0, NULL);
+    if (!rc) rc = cumem_sleep(cm, NULL, W);
+    if (!rc) rc = cumem_wake(cm, NULL);
+    if (rc) tool_fail("skip unchanged", rc);
+  }
   if (!rc) rc = verify(cm, w, 1, r);
   free(m);
   if (!rc) {
