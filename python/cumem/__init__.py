@@ -142,8 +142,7 @@ def pool(tag="default", prepare_ahead=None):
 
     with _torch.fresh_pool(tag):
         yield
-    if _torch.prepare_ahead_wanted(prepare_ahead, tag) and tag in _C.default().tags():
-        _C.default().prepare_backup_async([tag])
+    _torch.prepare_ahead_at_exit(prepare_ahead, tag)
 
 
 def empty_cache():

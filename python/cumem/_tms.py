@@ -130,11 +130,8 @@ class TorchMemorySaver:
         else:
             with _torch.allocate_in(self._pool(itag, "torch"), itag):
                 yield
-        if enable_cpu_backup and _torch.prepare_ahead_wanted(self.prepare_ahead, tag):
-            # The region is done growing: pin its backup now, in the background.
-            inst = _C.default()
-            if itag in inst.tags():
-                inst.prepare_backup_async([itag])
+        if enable_cpu_backup:  # only a host backup is pinned ahead
+            _torch.prepare_ahead_at_exit(self.prepare_ahead, tag, itag)
 
     def _never_pin(self, itag):
         # A region without backup is never offloaded: keep the core's

@@ -224,3 +224,18 @@ def prepare_ahead_wanted(setting, tag):
     if isinstance(setting, str):
         return setting == "all" or tag in setting.split(",")
     return tag in setting
+
+
+def prepare_ahead_at_exit(setting, tag, core_tag=None):
+    """At the exit of a block that allocated under `tag`: the tag stopped
+    growing, so when `setting` wants it prepared ahead (prepare_ahead_wanted)
+    pin its host backup now, in the background, and even the first sleep
+    only copies. `core_tag` is the tag's name in the core (default: `tag`);
+    one the core does not know (the block allocated nothing) is left alone."""
+    if not prepare_ahead_wanted(setting, tag):
+        return
+    if core_tag is None:
+        core_tag = tag
+    inst = _C.default()
+    if core_tag in inst.tags():
+        inst.prepare_backup_async([core_tag])

@@ -80,9 +80,7 @@ class CuMemAllocator:
                 yield
         finally:
             self.current_tag = old_tag
-        if _torch.prepare_ahead_wanted(self.prepare_ahead, tag) and tag in _C.default().tags():
-            # The tag stopped growing: pin its backup now, in the background.
-            _C.default().prepare_backup_async([tag])
+        _torch.prepare_ahead_at_exit(self.prepare_ahead, tag)
 
     # -- sleep and wake -------------------------------------------------------
 
