@@ -167,16 +167,11 @@ def sleep(tags=None, offload_tags=None):
 
     Blocks PyTorch freed into finished pool() blocks are released first
     (they need no backup), and PyTorch's own cache is emptied after."""
-    from . import _timing, _torch
+    from . import _torch
 
-    steps = _timing.Steps("cumem.sleep")
-    _torch.sweep_if_any()
-    steps.step("sweep")
-    _C.default().sleep(tags, offload_tags)
-    steps.step("core")
-    _torch.empty_torch_cache()
-    steps.step("torch empty_cache")
-    steps.done()
+    with _torch.around_sleep("cumem.sleep") as steps:
+        _C.default().sleep(tags, offload_tags)
+        steps.step("core")
 
 
 def wake(tags=None, retain_backup=None):

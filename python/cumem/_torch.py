@@ -13,7 +13,7 @@ import os
 import sys
 import threading
 
-from . import _C
+from . import _C, _timing
 
 _lock = threading.Lock()
 _allocator = None
@@ -192,6 +192,24 @@ def empty_torch_cache():
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def around_sleep(what):
+    """What every adapter's sleep does around the core's, timed as `what`
+    (printed with CUMEM_VERBOSE): first sweep retired pools (the blocks
+    PyTorch freed into them need neither a backup nor a wake), then the
+    block, which records its own steps on the Steps it is given, then empty
+    PyTorch's own cache (a sleep never touches it, but the GPU memory a
+    sleep frees should include it). When the block raises, nothing runs
+    after it."""
+    steps = _timing.Steps(what)
+    sweep_if_any()
+    steps.step("sweep")
+    yield steps
+    empty_torch_cache()
+    steps.step("torch empty_cache")
+    steps.done()
 
 
 def empty_cache():
