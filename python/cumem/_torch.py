@@ -9,6 +9,7 @@ GIL; they read the tag from the calling thread's current tag, which
 
 import contextlib
 import ctypes
+import functools
 import os
 import sys
 import threading
@@ -224,11 +225,17 @@ def empty_cache():
     empty_torch_cache()
 
 
+@functools.cache
 def _env_prepare_ahead():
-    text = os.environ.get("CUMEM_PREPARE_AHEAD", "").strip()
+    # CUMEM_PREPARE_AHEAD as the core reads it (cumem__tag_prepares_ahead):
+    # exactly "all", or tag names separated by commas, each as written. Read
+    # once, at the first need rather than at import: the core reads it once
+    # too, when the process-wide instance opens (its first use), and a
+    # program may set it after importing cumem but before that.
+    text = os.environ.get("CUMEM_PREPARE_AHEAD", "")
     if text == "all":
         return True
-    return frozenset(t.strip() for t in text.split(",") if t.strip())
+    return frozenset(text.split(",")) if text else frozenset()
 
 
 def prepare_ahead_wanted(setting, tag):
