@@ -154,8 +154,6 @@ def empty_cache():
     _torch.empty_cache()
 
 
-
-
 # ---- sleep and wake --------------------------------------------------------
 
 
