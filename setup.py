@@ -94,6 +94,12 @@ def sources(pattern):
 # Every header a native part may include: a change rebuilds them all.
 HEADERS = ("include/*.h", "src/*.h", "tools/*.h", "preload/*.h")
 
+
+def headers():
+    """The files matching HEADERS."""
+    return [h for pattern in HEADERS for h in sources(pattern)]
+
+
 CFLAGS = [
     "-std=gnu11",
     # Only what is marked CUMEM_API (or EXPORT) leaves a shared object: the
@@ -156,7 +162,7 @@ class build_ext(_build_ext):
 
     def build_native(self, pkg_dir, cuda_include):
         built = {}
-        headers = [h for pattern in HEADERS for h in sources(pattern)]
+        header_files = headers()
         for n in NATIVE:
             srcs = sources(n.sources)
             if not srcs:
@@ -167,7 +173,7 @@ class build_ext(_build_ext):
             linked = [built[name] for name in n.links]
             out = os.path.join(pkg_dir, n.output)
             built[n.output] = out
-            if not (self.force or _newer_group(srcs + static + headers + linked, out)):
+            if not (self.force or _newer_group(srcs + static + header_files + linked, out)):
                 continue
             objects = self.compile_once(srcs + static, cuda_include)
             args = [rpath_to_package(n.output)] if n.links else []
@@ -207,20 +213,21 @@ class build_ext(_build_ext):
             outputs += self.native_outputs(os.path.join(self.build_lib, PACKAGE))
         return outputs
 
-    def _inplace_package_dir(self):
-        return self.get_finalized_command("build_py").get_package_dir(PACKAGE)
+    def _inplace_native_copies(self):
+        """(built, in the source tree) for each native file, for --inplace."""
+        inplace_dir = self.get_finalized_command("build_py").get_package_dir(PACKAGE)
+        built = self.native_outputs(os.path.join(self.build_lib, PACKAGE))
+        return list(zip(built, self.native_outputs(inplace_dir)))
 
     def get_output_mapping(self):
         mapping = super().get_output_mapping()
         if self.inplace:  # editable installs: the native files go to the source tree too
-            built = self.native_outputs(os.path.join(self.build_lib, PACKAGE))
-            mapping.update(zip(built, self.native_outputs(self._inplace_package_dir())))
+            mapping.update(self._inplace_native_copies())
         return mapping
 
     def copy_extensions_to_source(self):
         super().copy_extensions_to_source()
-        built = self.native_outputs(os.path.join(self.build_lib, PACKAGE))
-        for src, dst in zip(built, self.native_outputs(self._inplace_package_dir())):
+        for src, dst in self._inplace_native_copies():
             self.mkpath(os.path.dirname(dst))
             self.copy_file(src, dst, level=self.verbose)
 
@@ -237,7 +244,7 @@ def extension(name, main_source):
         name,
         sources=[main_source],
         include_dirs=[os.path.join(ROOT, "include"), os.path.join(ROOT, "src")],
-        depends=[h for pattern in HEADERS for h in sources(pattern)],
+        depends=headers(),
         libraries=["dl", "pthread"],
         extra_compile_args=CFLAGS,
         # The core is libcumem.so.0 beside the extension (build_ext adds it

@@ -3,7 +3,7 @@
  * programs that allocate through the CUDA runtime (or driver) themselves.
  *
  *   LD_PRELOAD=/path/to/libcumem_preload.so CUMEM_PRELOAD=1 ./program
- *   cumem run [--tag T] [--backup cpu|none] -- ./program     (the same)
+ *   cumem run [--tag T] [--backup cpu|disk|none] -- ./program     (the same)
  *
  * The library defines cudaMalloc, cudaMallocAsync, cudaMallocPitch and
  * cuMemAlloc_v2. While the calling thread is in a region (below), they make a

@@ -135,12 +135,14 @@ static int refused(enum preload_fn fn) {
   return cudaErrorInvalidValue; /* == CUDA_ERROR_INVALID_VALUE */
 }
 
-/* In a region: `size` bytes of cumem memory on the runtime's current device. */
-static cudaError_t alloc_in_region(enum preload_fn fn, void **devPtr, size_t size) {
-  int dev = 0, rc = runtime_device(&dev);
-  if (!rc) rc = region_alloc(devPtr, size, dev);
+/* In a region: `size` bytes of cumem memory on the current device, as
+ * current_device (runtime_device or driver_device) finds it. Returns the
+ * cumem rc; each caller turns it into its own API's error value. */
+static int alloc_in_region(enum preload_fn fn, int (*current_device)(int *), void **out, size_t size) {
+  int dev = 0, rc = current_device(&dev);
+  if (!rc) rc = region_alloc(out, size, dev);
   cumem__preload_count(fn, PRELOAD_TO_CUMEM, rc != 0, rc ? 0 : size);
-  return rc ? cudaErrorMemoryAllocation : cudaSuccess;
+  return rc;
 }
 
 /* 1 when ptr was the interposer's and cumem freed it (*failed: whether that
@@ -156,7 +158,10 @@ static int free_if_owned(enum preload_fn fn, void *ptr, int on_stream, cudaStrea
 
 API cudaError_t cudaMalloc(void **devPtr, size_t size) {
   if (!devPtr) return refused(PRELOAD_cudaMalloc);
-  if (in_region(size)) return alloc_in_region(PRELOAD_cudaMalloc, devPtr, size);
+  if (in_region(size)) {
+    int rc = alloc_in_region(PRELOAD_cudaMalloc, runtime_device, devPtr, size);
+    return rc ? cudaErrorMemoryAllocation : cudaSuccess;
+  }
   cudaMalloc_fn real = REAL(cudaMalloc);
   cudaError_t e = real ? real(devPtr, size) : cudaErrorMemoryAllocation;
   cumem__preload_count(PRELOAD_cudaMalloc, PRELOAD_FORWARDED, e != cudaSuccess, size);
@@ -167,7 +172,10 @@ API cudaError_t cudaMalloc(void **devPtr, size_t size) {
  * matters to the real function. */
 API cudaError_t cudaMallocAsync(void **devPtr, size_t size, cudaStream_t stream) {
   if (!devPtr) return refused(PRELOAD_cudaMallocAsync);
-  if (in_region(size)) return alloc_in_region(PRELOAD_cudaMallocAsync, devPtr, size);
+  if (in_region(size)) {
+    int rc = alloc_in_region(PRELOAD_cudaMallocAsync, runtime_device, devPtr, size);
+    return rc ? cudaErrorMemoryAllocation : cudaSuccess;
+  }
   cudaMallocAsync_fn real = REAL(cudaMallocAsync);
   cudaError_t e = real ? real(devPtr, size, stream) : cudaErrorMemoryAllocation;
   cumem__preload_count(PRELOAD_cudaMallocAsync, PRELOAD_FORWARDED, e != cudaSuccess, size);
@@ -178,9 +186,10 @@ API cudaError_t cudaMallocPitch(void **devPtr, size_t *pitch, size_t width, size
   if (!devPtr || !pitch) return refused(PRELOAD_cudaMallocPitch);
   size_t row = (width + PITCH_ALIGN - 1) / PITCH_ALIGN * PITCH_ALIGN;
   if (width && height && in_region(width) && row >= width && height <= SIZE_MAX / row) {
-    cudaError_t e = alloc_in_region(PRELOAD_cudaMallocPitch, devPtr, row * height);
-    if (e == cudaSuccess) *pitch = row;
-    return e;
+    if (alloc_in_region(PRELOAD_cudaMallocPitch, runtime_device, devPtr, row * height))
+      return cudaErrorMemoryAllocation;
+    *pitch = row;
+    return cudaSuccess;
   }
   /* Empty and overflowing requests: the real function answers them. */
   cudaMallocPitch_fn real = REAL(cudaMallocPitch);
@@ -195,11 +204,9 @@ API CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize) {
   if (!dptr) return refused(PRELOAD_cuMemAlloc_v2);
   if (in_region(bytesize)) {
     void *p = NULL;
-    int dev = 0, rc = driver_device(&dev);
-    if (!rc) rc = region_alloc(&p, bytesize, dev);
-    if (!rc) *dptr = (CUdeviceptr)(uintptr_t)p;
-    cumem__preload_count(PRELOAD_cuMemAlloc_v2, PRELOAD_TO_CUMEM, rc != 0, rc ? 0 : bytesize);
-    return rc ? CUDA_ERROR_OUT_OF_MEMORY : CUDA_SUCCESS;
+    if (alloc_in_region(PRELOAD_cuMemAlloc_v2, driver_device, &p, bytesize)) return CUDA_ERROR_OUT_OF_MEMORY;
+    *dptr = (CUdeviceptr)(uintptr_t)p;
+    return CUDA_SUCCESS;
   }
   cuMemAlloc_v2_fn real = REAL(cuMemAlloc_v2);
   CUresult e = real ? real(dptr, bytesize) : CUDA_ERROR_OUT_OF_MEMORY;

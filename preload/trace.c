@@ -69,7 +69,8 @@ unsigned long long cumem_preload_entry_point_requests(const char *symbol) {
   return n;
 }
 
-static void read_counter(enum preload_fn fn, cumem_preload_count_t *out) {
+/* *origin (when not NULL): the file the real function came from. */
+static void read_counter(enum preload_fn fn, cumem_preload_count_t *out, const char **origin) {
   counter_t *c = &counters[fn];
   out->calls = atomic_load(&c->calls);
   out->to_cumem = atomic_load(&c->to_cumem);
@@ -77,14 +78,14 @@ static void read_counter(enum preload_fn fn, cumem_preload_count_t *out) {
   out->failed = atomic_load(&c->failed);
   out->cumem_bytes = atomic_load(&c->cumem_bytes);
   out->forwarded_bytes = atomic_load(&c->forwarded_bytes);
-  out->resolved = cumem__preload_real_how(fn, NULL);
+  out->resolved = cumem__preload_real_how(fn, origin);
 }
 
 int cumem_preload_count(const char *fn, cumem_preload_count_t *out) {
   if (!fn || !out) return CUMEM_FAIL(CUMEM_EINVAL, "cumem_preload_count: NULL argument");
   for (int i = 0; i < PRELOAD_NFUNCTIONS; i++) {
     if (!strcmp(fn, cumem__preload_fn_name(i))) {
-      read_counter(i, out);
+      read_counter(i, out, NULL);
       return 0;
     }
   }
@@ -106,9 +107,9 @@ __attribute__((destructor)) static void print_summary(void) {
   long pid = (long)getpid();
   for (int i = 0; i < PRELOAD_NFUNCTIONS; i++) {
     cumem_preload_count_t c;
-    read_counter(i, &c);
     const char *origin = NULL;
-    int how = cumem__preload_real_how(i, &origin);
+    read_counter(i, &c, &origin);
+    int how = c.resolved;
     fprintf(stderr,
             "cumem-preload pid=%ld fn=%s calls=%llu to_cumem=%llu cumem_bytes=%llu forwarded=%llu "
             "forwarded_bytes=%llu failed=%llu real=%s%s%s\n",

@@ -37,15 +37,13 @@ step() { # name, command...
 json_check() {
   python3 -c "import json,sys; d=json.load(open(sys.argv[1])); ok=$2; print('$3', 'PASS' if ok else 'FAIL'); sys.exit(not ok)" "$1"
 }
-info_json() {
-  ./build/cumem info --json >"$LOGS/info.json"; local rc=$?
-  cat "$LOGS/info.json"
-  json_check "$LOGS/info.json" 'd["ok"] and d["backend"]=="cuda" and len(d["devices"])==d["device_count"]>=1' info-json && return $rc
-}
-bench_json() {
-  ./build/cumem bench --json --size 4G --rounds 2 >"$LOGS/bench.json"; local rc=$?
-  cat "$LOGS/bench.json"
-  json_check "$LOGS/bench.json" 'd["ok"] and d["verified"] and d["backend"]=="cuda"' bench-json && return $rc
+# `cumem ARGS... --json` into $LOGS/NAME.json, printed, then checked (label
+# NAME-json): cumem's exit status when the check passes, else the check's.
+cli_json() { # name, Python expression over d, cumem arguments...
+  local name=$1 expr=$2; shift 2
+  ./build/cumem "$@" --json >"$LOGS/$name.json"; local rc=$?
+  cat "$LOGS/$name.json"
+  json_check "$LOGS/$name.json" "$expr" "$name-json" && return $rc
 }
 
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader | tee "$LOGS/gpu.txt"
@@ -62,13 +60,13 @@ case $what in pytests|tests|all)
   step gpu env OUT="$LOGS" $PY -m pytest -q -rs -p no:cacheprovider tests/gpu --ignore=tests/gpu/test_preload_gpu.py
   step preload env OUT="$LOGS" bash tests/gpu/preload_gpu.sh
   step info ./build/cumem info
-  step info-json info_json
+  step info-json cli_json info 'd["ok"] and d["backend"]=="cuda" and len(d["devices"])==d["device_count"]>=1' info
   step demo ./build/cumem demo
 ;; esac
 
 case $what in bench|all)
   step bench bash -c "CUMEM_VERBOSE=1 ./build/cumem bench"
-  step bench-json bench_json
+  step bench-json cli_json bench 'd["ok"] and d["verified"] and d["backend"]=="cuda"' bench --size 4G --rounds 2
   step diskbench bash -c "mkdir -p /var/tmp/cumem-diskbench && df -T /var/tmp/cumem-diskbench && \
     CUMEM_VERBOSE=1 ./build/bench_disk /var/tmp/cumem-diskbench --size 4 --rounds 3"
   step pybench bash -c "$PY bench/python_bench.py ${PYBENCH_ARGS:-} --json $LOGS/python_bench.json"

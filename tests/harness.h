@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static int harness_failures;
 
@@ -65,6 +66,19 @@ static inline int test_open(cumem_t **cm, cumem_backend_t **fault, const cumem_o
   if (rc) return rc;
   if (fault) *fault = f;
   return cumem_open_backend(cm, opts, f);
+}
+
+/* The allocation granularity of cm's device 0 (0 if it cannot be read). */
+static inline size_t granularity_of(cumem_t *cm) {
+  cumem_device_info_t info;
+  return cumem_device_info(cm, 0, &info) == 0 ? info.granularity : 0;
+}
+
+/* Seconds on the monotonic clock. */
+static inline double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 /* The device memory pattern used across tests: byte i of a buffer seeded s. */

@@ -11,7 +11,6 @@
 #include <pthread.h>
 #include <sched.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 /* ---- a backend that counts host registrations ---------------------------- */
@@ -119,12 +118,6 @@ static void options(cumem_options_t *o, int retain) {
   o->copy_chunk = granularity();
   o->prepare_ahead = NULL;
   o->register_lock = NULL;
-}
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 /* Wait (up to 10 s) until tag's pinned host bytes equal `want`. */

@@ -11,11 +11,6 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-static size_t granularity(cumem_t *cm) {
-  cumem_device_info_t info;
-  return cumem_device_info(cm, 0, &info) == 0 ? info.granularity : 0;
-}
-
 static const char *W[] = {"w", NULL};
 
 /* 1 when the page holding p is mapped in this process. */
@@ -37,7 +32,7 @@ TEST(discarding_sleep_leaves_no_stale_backup) {
   cumem_backend_t *fault = NULL;
   cumem_t *cm = NULL;
   CHECK_OK(test_open(&cm, &fault, NULL));
-  size_t n = 2 * granularity(cm);
+  size_t n = 2 * granularity_of(cm);
   void *w;
   CHECK_OK(cumem_alloc(cm, &w, n, 0, "w"));
   CHECK_OK(fill_pattern(cm, w, n, 1));
@@ -102,7 +97,7 @@ TEST(discarding_sleep_leaves_no_stale_backup) {
 TEST(pinned_backup_outlives_free) {
   cumem_t *cm = NULL;
   CHECK_OK(test_open(&cm, NULL, NULL));
-  size_t n = 2 * granularity(cm);
+  size_t n = 2 * granularity_of(cm);
   void *w;
   CHECK_OK(cumem_alloc(cm, &w, n, 0, "w"));
   CHECK_OK(fill_pattern(cm, w, n, 5));

@@ -4,11 +4,6 @@
 
 #define MiB ((size_t)1 << 20)
 
-static size_t granularity(cumem_t *cm) {
-  cumem_device_info_t info;
-  return cumem_device_info(cm, 0, &info) == 0 ? info.granularity : 0;
-}
-
 static cumem_t *open_with(const cumem_options_t *opts) {
   cumem_t *cm = NULL;
   return test_open(&cm, NULL, opts) == 0 ? cm : NULL;
@@ -19,7 +14,7 @@ static cumem_t *open_default(void) { return open_with(NULL); }
 TEST(alloc_rounds_to_granularity) {
   cumem_t *cm = open_default();
   CHECK(cm);
-  size_t g = granularity(cm);
+  size_t g = granularity_of(cm);
   CHECK(g > 0);
   void *p = NULL;
   CHECK_OK(cumem_alloc(cm, &p, g + 1, 0, "w"));
@@ -41,7 +36,7 @@ TEST(alloc_rounds_to_granularity) {
 TEST(sleep_offload_restores_bit_exact_at_same_address) {
   cumem_t *cm = open_default();
   CHECK(cm);
-  size_t g = granularity(cm), wsize = 3 * g + 12345, ksize = 4 * g;
+  size_t g = granularity_of(cm), wsize = 3 * g + 12345, ksize = 4 * g;
   void *w = NULL, *k = NULL;
   CHECK_OK(cumem_alloc(cm, &w, wsize, 0, "weights"));
   CHECK_OK(cumem_alloc(cm, &k, ksize, 0, "kv"));
@@ -103,7 +98,7 @@ static size_t nonzero_after_discard(int zero_on_wake) {
   cumem_t *cm = open_with(&o);
   unsetenv("CUMEM_HOST_POISON");
   if (!cm) return SIZE_MAX;
-  size_t n = 2 * granularity(cm), nonzero = SIZE_MAX;
+  size_t n = 2 * granularity_of(cm), nonzero = SIZE_MAX;
   void *k;
   if (cumem_alloc(cm, &k, n, 0, "kv") == 0 && fill_pattern(cm, k, n, 3) == 0 &&
       cumem_sleep(cm, NULL, NULL) == 0 && cumem_wake(cm, NULL) == 0)
@@ -120,7 +115,7 @@ TEST(discarded_content_reads_zero_with_zero_on_wake) {
 TEST(tags_sleep_and_wake_independently) {
   cumem_t *cm = open_default();
   CHECK(cm);
-  size_t n = granularity(cm);
+  size_t n = granularity_of(cm);
   void *a, *b, *c;
   CHECK_OK(cumem_alloc(cm, &a, n, 0, "A"));
   CHECK_OK(cumem_alloc(cm, &b, n, 0, "B"));
@@ -161,7 +156,7 @@ TEST(tags_sleep_and_wake_independently) {
 TEST(sleep_and_wake_are_idempotent) {
   cumem_t *cm = open_default();
   CHECK(cm);
-  size_t n = 2 * granularity(cm);
+  size_t n = 2 * granularity_of(cm);
   void *w;
   CHECK_OK(cumem_alloc(cm, &w, n, 0, "w"));
   CHECK_OK(fill_pattern(cm, w, n, 5));
@@ -184,7 +179,7 @@ TEST(sleep_and_wake_are_idempotent) {
 TEST(free_in_every_state_releases_once) {
   cumem_t *cm = open_default();
   CHECK(cm);
-  size_t n = granularity(cm);
+  size_t n = granularity_of(cm);
   void *a, *b, *c;
   CHECK_OK(cumem_alloc(cm, &a, n, 0, "w"));
   CHECK_OK(cumem_alloc(cm, &b, n, 0, "kv"));
@@ -206,7 +201,7 @@ TEST(free_in_every_state_releases_once) {
 TEST(bad_input_is_refused_and_changes_nothing) {
   cumem_t *cm = open_default();
   CHECK(cm);
-  size_t g = granularity(cm);
+  size_t g = granularity_of(cm);
   void *p = NULL, *q = (void *)1;
   CHECK_OK(cumem_alloc(cm, &p, g, 0, "w"));
   cumem_stats_t before, after;
@@ -272,7 +267,7 @@ TEST(chunked_backing_restores) {
   cumem_options_init(&o);
   cumem_t *probe = open_default();
   CHECK(probe);
-  size_t g = granularity(probe);
+  size_t g = granularity_of(probe);
   cumem_close(probe);
   o.chunk_size = 2 * g;
   o.copy_chunk = g / 2; /* several copy segments per chunk */
@@ -299,7 +294,7 @@ TEST(chunked_backing_restores) {
 TEST(backups_are_retained_or_released_as_asked) {
   cumem_t *cm = open_default();
   CHECK(cm);
-  size_t n = 2 * granularity(cm);
+  size_t n = 2 * granularity_of(cm);
   void *w;
   CHECK_OK(cumem_alloc(cm, &w, n, 0, "w"));
   const char *W[] = {"w", NULL};
@@ -356,7 +351,7 @@ TEST(backups_are_retained_or_released_as_asked) {
 TEST(out_of_memory_wake_loses_nothing) {
   cumem_t *cm = open_default();
   CHECK(cm);
-  size_t g = granularity(cm), n = 16 * g;
+  size_t g = granularity_of(cm), n = 16 * g;
   void *w, *k, *filler = NULL;
   CHECK_OK(cumem_alloc(cm, &w, n, 0, "w"));
   CHECK_OK(cumem_alloc(cm, &k, n, 0, "kv"));
@@ -386,7 +381,7 @@ TEST(out_of_memory_wake_loses_nothing) {
 TEST(out_of_memory_alloc_changes_nothing) {
   cumem_t *cm = open_default();
   CHECK(cm);
-  size_t g = granularity(cm), n = 4 * g;
+  size_t g = granularity_of(cm), n = 4 * g;
   void *w, *filler = NULL, *extra = NULL;
   CHECK_OK(cumem_alloc(cm, &w, n, 0, "w"));
   CHECK_OK(fill_pattern(cm, w, n, 31));
@@ -443,7 +438,7 @@ TEST(tag_options_create_validate_and_read_back) {
   CHECK(memcmp(&o, &got, sizeof o) == 0);
   /* Allocations under the tag keep its options. */
   void *p;
-  CHECK_OK(cumem_alloc(cm, &p, granularity(cm), 0, "later"));
+  CHECK_OK(cumem_alloc(cm, &p, granularity_of(cm), 0, "later"));
   CHECK_OK(cumem_tag_get_options(cm, "later", &got));
   CHECK(got.skip_unchanged == 1);
   CHECK_OK(cumem_close(cm));

@@ -80,11 +80,6 @@ static size_t rss_bytes(void) {
   return kb * 1024;
 }
 
-static size_t granularity_of(cumem_t *cm) {
-  cumem_device_info_t info;
-  return cumem_device_info(cm, 0, &info) == 0 ? info.granularity : 0;
-}
-
 static cumem_t *open_on(const char *dir, size_t chunk_size, size_t copy_chunk) {
   cumem_options_t o;
   cumem_options_init(&o);

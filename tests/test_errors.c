@@ -16,15 +16,10 @@ static cumem_t *open_quiet(int verbose) {
   return test_open(&cm, NULL, &o) == 0 ? cm : NULL;
 }
 
-static size_t granularity(cumem_t *cm) {
-  cumem_device_info_t info;
-  return cumem_device_info(cm, 0, &info) == 0 ? info.granularity : 0;
-}
-
 TEST(one_code_per_kind_of_error) {
   cumem_t *cm = open_quiet(0);
   CHECK(cm);
-  size_t g = granularity(cm);
+  size_t g = granularity_of(cm);
   void *p = NULL;
   CHECK_OK(cumem_alloc(cm, &p, 2 * g, 0, "w"));
   int local = 0;

@@ -11,11 +11,6 @@
 
 #define MiB ((size_t)1 << 20)
 
-static size_t granularity_of(cumem_t *cm) {
-  cumem_device_info_t info;
-  return cumem_device_info(cm, 0, &info) == 0 ? info.granularity : 0;
-}
-
 /* Options for these tests: skipping on, small copy chunks (several per
  * allocation), retention and zeroing as asked. */
 static void skip_options(cumem_options_t *o, size_t copy_chunk, int retain, int zero) {

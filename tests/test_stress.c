@@ -55,12 +55,6 @@ static uint64_t base_seed(void) {
   return seed;
 }
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 static int is_cuda(void) { return strcmp(test_backend(), "cuda") == 0; }
 
 /* Write the choices of a failed episode as a fuzz input. */

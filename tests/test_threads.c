@@ -13,7 +13,6 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #define WORKERS 4
@@ -140,12 +139,6 @@ TEST(default_instance_is_opened_once) {
   for (int i = 0; i < 8; i++) CHECK(got[i] && got[i] == got[0]);
   CHECK(strcmp(cumem_backend_name(got[0]), test_backend()) == 0);
   CHECK_OK(cumem_close(got[0]));
-}
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 /* ---- starvation (item 4) ----

@@ -54,12 +54,11 @@ static void measure_fingerprint(cumem_backend_t *b, uintptr_t va, size_t total, 
 }
 
 /* Best of 3 passes of `want` bytes (rounded up to the granularity) in
- * copies of up to 256 MiB on one stream. */
-static int measure_link(const tool_args_t *a, size_t want, link_t *out) {
+ * copies of up to 256 MiB on one stream, on a backend of its own of the
+ * kind named (the instance's). */
+static int measure_link(const char *backend, size_t want, link_t *out) {
   cumem_backend_t *b = NULL;
-  cumem_options_t o;
-  cumem_options_init(&o); /* the backend the instance will use: --backend, else CUMEM_BACKEND */
-  int rc = cumem_backend_open(a->backend ? a->backend : o.backend, &b);
+  int rc = cumem_backend_open(backend, &b);
   if (rc) return rc;
   cumem_device_info_t info;
   size_t total = 0, piece = 0;
@@ -407,10 +406,12 @@ static int bench_skip(cumem_t *cm, const workload_t *w, size_t copy_chunk, doubl
     tool_progress("skip unchanged: every copy chunk changed (the cost of fingerprinting)");
     rc = skip_rounds(cm, m, 1, 0x61, r->moved, sl, r, &k->everything, &copied);
   }
-  if (!rc) rc = mark_chunks(cm, m, k->chunks, 1, 0, 0, NULL);
-  if (!rc) rc = cumem_sleep(cm, NULL, W);
-  if (!rc) rc = cumem_wake(cm, NULL);
-  if (rc && m) tool_fail("skip unchanged", rc);
+  if (!rc) { /* every failure above is already reported; these are not */
+    rc = mark_chunks(cm, m, k->chunks, 1, 0, 0, NULL);
+    if (!rc) rc = cumem_sleep(cm, NULL, W);
+    if (!rc) rc = cumem_wake(cm, NULL);
+    if (rc) tool_fail("skip unchanged", rc);
+  }
   if (!rc) rc = verify(cm, w, 1, r);
   free(m);
   if (!rc) {
@@ -440,7 +441,7 @@ static int run_bench(const tool_args_t *a, cumem_options_t *o, cumem_t **cm, wor
    * smaller, but no less than 256 MiB). */
   size_t link_bytes = wbytes < 256 * MiB ? 256 * MiB : wbytes > 2 * GiB ? 2 * GiB : wbytes;
   tool_progress("measuring the host link (pinned copies, %s each way)", fmt_bytes(link_bytes, b1));
-  if ((rc = measure_link(a, link_bytes, &r->link))) { tool_fail("link measurement", rc); return rc; }
+  if ((rc = measure_link(r->backend, link_bytes, &r->link))) { tool_fail("link measurement", rc); return rc; }
   r->link_bytes = link_bytes;
 
   tool_progress("allocating %s of weights and %s of KV cache on %s", fmt_bytes(wbytes, b1),

@@ -82,14 +82,7 @@ static void demo_json(cumem_t *cm, const cumem_device_info_t *info, size_t wbyte
 
 int cmd_demo(const tool_args_t *a) {
   cumem_t *cm;
-  if (tool_open(a, &cm)) {
-    if (a->json) {
-      json_t j;
-      tool_json_begin(&j, stdout, "demo");
-      tool_json_end(&j, TOOL_EXIT_FAILED);
-    }
-    return TOOL_EXIT_FAILED;
-  }
+  if (tool_open(a, "demo", &cm)) return TOOL_EXIT_FAILED;
   demo_figures_t f = {.allocate = -1, .fill = -1, .sleep = -1, .wake = -1, .verify = -1};
   int on_gpu = strcmp(cumem_backend_name(cm), "cuda") == 0;
   size_t wbytes = a->weights ? a->weights : on_gpu ? 2 * GiB : GiB / 4;

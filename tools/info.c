@@ -70,14 +70,7 @@ int info_report(cumem_t *cm, const tool_args_t *a, FILE *out) {
 
 int cmd_info(const tool_args_t *a) {
   cumem_t *cm;
-  if (tool_open(a, &cm)) {
-    if (a->json) { /* still one document, saying why */
-      json_t j;
-      tool_json_begin(&j, stdout, "info");
-      tool_json_end(&j, TOOL_EXIT_FAILED);
-    }
-    return TOOL_EXIT_FAILED;
-  }
+  if (tool_open(a, "info", &cm)) return TOOL_EXIT_FAILED;
   int rc = info_report(cm, a, stdout);
   cumem_close(cm);
   return rc;

@@ -65,12 +65,19 @@ void tool_json_end(json_t *j, int exit_code) {
   json_finish(j);
 }
 
-int tool_open(const tool_args_t *a, cumem_t **cm) {
+int tool_open(const tool_args_t *a, const char *command, cumem_t **cm) {
   cumem_options_t o;
   cumem_options_init(&o);
   if (a->backend) o.backend = a->backend;
   int rc = cumem_open(cm, &o);
-  if (rc) tool_fail("open", rc);
+  if (rc) {
+    tool_fail("open", rc);
+    if (a->json) {
+      json_t j;
+      tool_json_begin(&j, stdout, command);
+      tool_json_end(&j, TOOL_EXIT_FAILED);
+    }
+  }
   return rc;
 }
 

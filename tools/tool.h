@@ -73,8 +73,9 @@ void tool_command_usage(const tool_command_t *cmd, FILE *out);
 
 double now_seconds(void);
 const char *fmt_bytes(size_t n, char buf[32]);
-/* Open an instance on --backend (or the default); prints the error. */
-int tool_open(const tool_args_t *a, cumem_t **cm);
+/* Open an instance on --backend (or the default) for `command`; prints the
+ * error and, with --json, still one document saying why (begin, then end). */
+int tool_open(const tool_args_t *a, const char *command, cumem_t **cm);
 /* Print "cumem: <what> failed: ..." with the detail on stderr, and remember
  * the first failure for tool_json_end. */
 void tool_fail(const char *what, int rc);

@@ -664,11 +664,11 @@ static PyObject *Instance_copy_to_host(InstanceObject *self, PyObject *args) {
   char *dst = PyBytes_AS_STRING(out); /* not shared yet: safe without GIL */
   int rc = CUMEM_OK, ok;
   RELEASED(self, cm, ok, rc = cumem_copy_to_host(cm, dst, src, (size_t)n));
-  if (!ok || rc != CUMEM_OK) {
-    if (!ok) {
-      Py_DECREF(out);
-      return NULL;
-    }
+  if (!ok) {
+    Py_DECREF(out);
+    return NULL;
+  }
+  if (rc != CUMEM_OK) {
     Py_DECREF(out);
     return raise_cumem(rc, "cumem_copy_to_host");
   }

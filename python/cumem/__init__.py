@@ -142,8 +142,7 @@ def pool(tag="default", prepare_ahead=None):
 
     with _torch.fresh_pool(tag):
         yield
-    if _torch.prepare_ahead_wanted(prepare_ahead, tag) and tag in _C.default().tags():
-        _C.default().prepare_backup_async([tag])
+    _torch.prepare_ahead_at_exit(prepare_ahead, tag)
 
 
 def empty_cache():
@@ -153,8 +152,6 @@ def empty_cache():
     from . import _torch
 
     _torch.empty_cache()
-
-
 
 
 # ---- sleep and wake --------------------------------------------------------
@@ -168,16 +165,11 @@ def sleep(tags=None, offload_tags=None):
 
     Blocks PyTorch freed into finished pool() blocks are released first
     (they need no backup), and PyTorch's own cache is emptied after."""
-    from . import _timing, _torch
+    from . import _torch
 
-    steps = _timing.Steps("cumem.sleep")
-    _torch.sweep_if_any()
-    steps.step("sweep")
-    _C.default().sleep(tags, offload_tags)
-    steps.step("core")
-    _torch.empty_torch_cache()
-    steps.step("torch empty_cache")
-    steps.done()
+    with _torch.around_sleep("cumem.sleep") as steps:
+        _C.default().sleep(tags, offload_tags)
+        steps.step("core")
 
 
 def wake(tags=None, retain_backup=None):

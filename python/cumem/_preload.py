@@ -142,8 +142,6 @@ def _interposer():
         # The core it links (libcumem.so.0), in the same global scope.
         lib.cumem_current_tag.argtypes = []
         lib.cumem_current_tag.restype = ctypes.c_char_p
-        lib.cumem_last_error.argtypes = []
-        lib.cumem_last_error.restype = ctypes.c_char_p
         _lib = lib
     return _lib
 
@@ -195,7 +193,7 @@ def require():
             f"Start it with LD_PRELOAD={where}, or with `cumem run -- python ...`, or from a parent "
             f"inside `with cumem.configure_subprocess():`; or use hook_mode='torch', which needs none."
         )
-    if not _shares_core(lib):
+    if not usable():
         raise RuntimeError(
             f"the preloaded {LIBRARY_NAME} and cumem._C ({_C.__file__}) hold two different copies of "
             "the cumem core, so pause() would not see what the interposer allocates: cumem._C "
@@ -207,7 +205,7 @@ def require():
 
 
 def _raise(rc, what):
-    detail = (_interposer().cumem_last_error() or b"").decode(errors="replace")
+    detail = _C.last_error()  # in preload mode the interposer shares cumem._C's core (usable())
     err = _C.CumemError(f"{what}: {_C.strerror(rc)}" + (f" ({detail})" if detail else ""))
     err.code = rc
     raise err

@@ -130,11 +130,8 @@ class TorchMemorySaver:
         else:
             with _torch.allocate_in(self._pool(itag, "torch"), itag):
                 yield
-        if enable_cpu_backup and _torch.prepare_ahead_wanted(self.prepare_ahead, tag):
-            # The region is done growing: pin its backup now, in the background.
-            inst = _C.default()
-            if itag in inst.tags():
-                inst.prepare_backup_async([itag])
+        if enable_cpu_backup:  # only a host backup is pinned ahead
+            _torch.prepare_ahead_at_exit(self.prepare_ahead, tag, itag)
 
     def _never_pin(self, itag):
         # A region without backup is never offloaded: keep the core's
@@ -257,22 +254,18 @@ class TorchMemorySaver:
         enable_disk_backup (to files). Waits for the device first. When the
         disk cannot take the disk backups (CumemError: ENOSPC, EIO) nothing
         is paused and every tensor stays intact on the GPU."""
-        steps = _timing.Steps("torch_memory_saver.pause")
-        _torch.sweep_if_any()  # memory of destroyed graphs need not sleep
-        steps.step("sweep")
-        tags = self._tags(tag)
-        steps.step("bookkeeping")
-        if tags:
-            _C.default().sleep(tags, [t for t in tags if t.startswith(_OFFLOADED)])
-            steps.step("core")
+        # The sweep first: memory of destroyed graphs need not sleep. Then
         # PyTorch's own cache of blocks freed outside every region (e.g.
-        # temporaries) is not ours to sleep, but the GPU memory a pause
-        # frees should match what CuMemAllocator.sleep and cumem.sleep free:
-        # they give it back too (torch_memory_saver does not; on the
-        # benchmark's workload that left 1.96 GiB behind).
-        _torch.empty_torch_cache()
-        steps.step("torch empty_cache")
-        steps.done()
+        # temporaries) is given back: not ours to sleep, but the GPU memory a
+        # pause frees should match what CuMemAllocator.sleep and cumem.sleep
+        # free (torch_memory_saver does not; on the benchmark's workload that
+        # left 1.96 GiB behind).
+        with _torch.around_sleep("torch_memory_saver.pause") as steps:
+            tags = self._tags(tag)
+            steps.step("bookkeeping")
+            if tags:
+                _C.default().sleep(tags, [t for t in tags if t.startswith(_OFFLOADED)])
+                steps.step("core")
 
     def resume(self, tag=None):
         """Map GPU memory again for `tag`'s regions (None: all) and restore

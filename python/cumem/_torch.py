@@ -9,11 +9,12 @@ GIL; they read the tag from the calling thread's current tag, which
 
 import contextlib
 import ctypes
+import functools
 import os
 import sys
 import threading
 
-from . import _C
+from . import _C, _timing
 
 _lock = threading.Lock()
 _allocator = None
@@ -194,6 +195,24 @@ def empty_torch_cache():
         torch.cuda.empty_cache()
 
 
+@contextlib.contextmanager
+def around_sleep(what):
+    """What every adapter's sleep does around the core's, timed as `what`
+    (printed with CUMEM_VERBOSE): first sweep retired pools (the blocks
+    PyTorch freed into them need neither a backup nor a wake), then the
+    block, which records its own steps on the Steps it is given, then empty
+    PyTorch's own cache (a sleep never touches it, but the GPU memory a
+    sleep frees should include it). When the block raises, nothing runs
+    after it."""
+    steps = _timing.Steps(what)
+    sweep_if_any()
+    steps.step("sweep")
+    yield steps
+    empty_torch_cache()
+    steps.step("torch empty_cache")
+    steps.done()
+
+
 def empty_cache():
     """Free what PyTorch no longer uses: tensors kept only by reference
     cycles (gc.collect), the unused segments of retired pools, then
@@ -206,11 +225,17 @@ def empty_cache():
     empty_torch_cache()
 
 
+@functools.cache
 def _env_prepare_ahead():
-    text = os.environ.get("CUMEM_PREPARE_AHEAD", "").strip()
+    # CUMEM_PREPARE_AHEAD as the core reads it (cumem__tag_prepares_ahead):
+    # exactly "all", or tag names separated by commas, each as written. Read
+    # once, at the first need rather than at import: the core reads it once
+    # too, when the process-wide instance opens (its first use), and a
+    # program may set it after importing cumem but before that.
+    text = os.environ.get("CUMEM_PREPARE_AHEAD", "")
     if text == "all":
         return True
-    return frozenset(t.strip() for t in text.split(",") if t.strip())
+    return frozenset(text.split(",")) if text else frozenset()
 
 
 def prepare_ahead_wanted(setting, tag):
@@ -224,3 +249,18 @@ def prepare_ahead_wanted(setting, tag):
     if isinstance(setting, str):
         return setting == "all" or tag in setting.split(",")
     return tag in setting
+
+
+def prepare_ahead_at_exit(setting, tag, core_tag=None):
+    """At the exit of a block that allocated under `tag`: the tag stopped
+    growing, so when `setting` wants it prepared ahead (prepare_ahead_wanted)
+    pin its host backup now, in the background, and even the first sleep
+    only copies. `core_tag` is the tag's name in the core (default: `tag`);
+    one the core does not know (the block allocated nothing) is left alone."""
+    if not prepare_ahead_wanted(setting, tag):
+        return
+    if core_tag is None:
+        core_tag = tag
+    inst = _C.default()
+    if core_tag in inst.tags():
+        inst.prepare_backup_async([core_tag])

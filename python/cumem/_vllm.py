@@ -80,9 +80,7 @@ class CuMemAllocator:
                 yield
         finally:
             self.current_tag = old_tag
-        if _torch.prepare_ahead_wanted(self.prepare_ahead, tag) and tag in _C.default().tags():
-            # The tag stopped growing: pin its backup now, in the background.
-            _C.default().prepare_backup_async([tag])
+        _torch.prepare_ahead_at_exit(self.prepare_ahead, tag)
 
     # -- sleep and wake -------------------------------------------------------
 
@@ -104,31 +102,26 @@ class CuMemAllocator:
         hundreds of milliseconds on a large heap, and only frees tensors
         kept by reference cycles (call gc.collect() or cumem.empty_cache()
         first if you make those)."""
-        steps = _timing.Steps("CuMemAllocator.sleep")
         offload_tags = _as_tuple(offload_tags)
         if offload_tags is None:
             offload_tags = (CuMemAllocator.default_tag,)
-        _torch.sweep_if_any()
-        steps.step("sweep")
-        tags = self._known()
-        if tags:
-            inst = _C.default()
-            report = logger.isEnabledFor(logging.INFO)
-            before = inst.stats() if report else None
-            steps.step("bookkeeping")
-            inst.sleep(tags, [t for t in tags if t in offload_tags])
-            steps.step("core")
-            if report:
-                after = inst.stats()
-                logger.info(
-                    "CuMemAllocator: sleep freed %.2f GiB, of which %.2f GiB is backed up in CPU memory",
-                    (after["bytes_asleep"] - before["bytes_asleep"]) / 2**30,
-                    (after["bytes_backed_up"] - before["bytes_backed_up"]) / 2**30,
-                )
-        # What vLLM does after a sleep: let PyTorch give back its own cache too.
-        _torch.empty_torch_cache()
-        steps.step("torch empty_cache")
-        steps.done()
+        # Then, as vLLM does after a sleep, PyTorch gives back its own cache too.
+        with _torch.around_sleep("CuMemAllocator.sleep") as steps:
+            tags = self._known()
+            if tags:
+                inst = _C.default()
+                report = logger.isEnabledFor(logging.INFO)
+                before = inst.stats() if report else None
+                steps.step("bookkeeping")
+                inst.sleep(tags, [t for t in tags if t in offload_tags])
+                steps.step("core")
+                if report:
+                    after = inst.stats()
+                    logger.info(
+                        "CuMemAllocator: sleep freed %.2f GiB, of which %.2f GiB is backed up in CPU memory",
+                        (after["bytes_asleep"] - before["bytes_asleep"]) / 2**30,
+                        (after["bytes_backed_up"] - before["bytes_backed_up"]) / 2**30,
+                    )
 
     def wake_up(self, tags=None):
         """Map GPU memory again for the sleeping tensors of `tags` (default:

@@ -85,8 +85,8 @@ static void seed_tag(char tag[CUMEM_TAG_MAX + 1]) {
 
 /* How many live allocations of `cm` this module made (those under a
  * "seed:" tag); other APIs' allocations in the shared instance are not its
- * own. */
-static int seed_allocations(cumem_t *cm, size_t *count) {
+ * own. On failure *failed names what failed, for the error. */
+static int seed_allocations(cumem_t *cm, size_t *count, const char **failed) {
   size_t cap = 16, n = 0;
   const char **names = NULL;
   int rc;
@@ -95,10 +95,12 @@ static int seed_allocations(cumem_t *cm, size_t *count) {
     const char **grown = realloc((void *)names, cap * sizeof *names);
     if (!grown) {
       free((void *)names);
+      *failed = "cumem_allocator: the list of tags";
       return CUMEM_ENOHOST;
     }
     names = grown;
     rc = cumem_tags(cm, names, cap, &n);
+    if (rc != CUMEM_OK) *failed = "cumem_tags";
     if (rc != CUMEM_OK || n <= cap) break;
     cap = n; /* more tags than room: ask again with enough */
   }
@@ -108,6 +110,7 @@ static int seed_allocations(cumem_t *cm, size_t *count) {
       continue;
     rc = cumem_stats(cm, names[i], &s);
     if (rc == CUMEM_OK) *count += s.allocations;
+    else *failed = "cumem_stats";
   }
   free((void *)names);
   return rc;
@@ -291,7 +294,8 @@ static PyObject *python_unmap_and_release(PyObject *self, PyObject *args) {
 
 /* Test hooks (not in vLLM's interface). _use_backend(name) opens a private
  * instance on that backend ("host", "cuda"; None = back to the default one);
- * refused while the current instance holds allocations. */
+ * refused while the current instance holds allocations, or may (they could
+ * not be counted), or could not be closed: it then stays the one in use. */
 static PyObject *py_use_backend(PyObject *self, PyObject *args) {
   (void)self;
   const char *name = NULL;
@@ -300,14 +304,22 @@ static PyObject *py_use_backend(PyObject *self, PyObject *args) {
   int rc = CUMEM_OK;
   if (g_cm) {
     size_t live = 0;
-    rc = seed_allocations(g_cm, &live);
+    const char *failed = NULL;
+    rc = seed_allocations(g_cm, &live, &failed);
     if (rc == CUMEM_OK && live) {
       pthread_mutex_unlock(&g_lock);
       PyErr_Format(PyExc_RuntimeError,
                    "cumem_allocator: %zu allocations are still live", live);
       return NULL;
     }
-    if (g_owned) cumem_close(g_cm);
+    if (rc == CUMEM_OK && g_owned) {
+      failed = "cumem_close";
+      rc = cumem_close(g_cm); /* a failed close leaves the instance usable */
+    }
+    if (rc != CUMEM_OK) {
+      pthread_mutex_unlock(&g_lock);
+      return raise_runtime(rc, failed);
+    }
     g_cm = NULL;
     g_owned = 0;
   }
@@ -338,9 +350,10 @@ static PyObject *py_live_allocations(PyObject *self, PyObject *noargs) {
   (void)noargs;
   cumem_t *cm;
   size_t live = 0;
+  const char *failed = "cumem_default";
   int rc = seed_instance(&cm);
-  if (rc == CUMEM_OK) rc = seed_allocations(cm, &live);
-  if (rc != CUMEM_OK) return raise_runtime(rc, "cumem_stats");
+  if (rc == CUMEM_OK) rc = seed_allocations(cm, &live, &failed);
+  if (rc != CUMEM_OK) return raise_runtime(rc, failed);
   return PyLong_FromSize_t(live);
 }
 

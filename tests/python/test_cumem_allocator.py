@@ -5,7 +5,10 @@ host memory at the same address, so ctypes reads and writes it."""
 
 import ctypes
 import gc
+import json
+import os
 import sys
+import time
 
 import pytest
 from conftest import pattern
@@ -188,6 +191,37 @@ def test_failing_free_callback_still_frees(seed, abi, monkeypatch):
     abi.my_free(p, MiB, 0, None)
     assert reported == [KeyError, TypeError]
     assert seed._live_allocations() == 0
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork with threads (3.12)
+def test_use_backend_refuses_when_it_cannot_count(seed):
+    """In a forked child every call on the parent's instance fails
+    (EFORKED), so _use_backend cannot count this module's allocations: it
+    refuses, naming the call that failed, and keeps the instance. It used to
+    drop it anyway and open another (or raise as "cumem_open")."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what each call did, then leave at once
+        said = []
+        for call in (lambda: seed._use_backend("host"), lambda: seed._use_backend(None), seed._live_allocations):
+            try:
+                said.append(repr(call()))
+            except BaseException as e:
+                said.append(str(e))
+        os.write(w, json.dumps(said).encode())
+        os._exit(0)
+    os.close(w)
+    deadline = time.time() + 30
+    while not os.waitpid(pid, os.WNOHANG)[0]:
+        if time.time() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the child hung")
+        time.sleep(0.01)
+    with os.fdopen(r) as f:
+        said = json.load(f)
+    for message in said:  # the parent's instance is still the one in use
+        assert message.startswith("cumem_tags: CUMEM_EFORKED"), said
 
 
 def test_vllm_can_import_it_in_place_of_its_extension():
