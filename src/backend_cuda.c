@@ -232,9 +232,10 @@ typedef struct cuda_device {
   int numa_node;    /* nearest host NUMA node, -1 unknown */
   atomic_int handle_type; /* CUmemAllocationHandleType asked of cuMemCreate */
   /* The fingerprint kernel, loaded into the primary context on first use
-   * (cuda_fingerprint_load): 0 = not tried, 1 = loaded, -1 = unavailable. */
+   * (cuda_fingerprint_load): 0 = not loaded (not tried, or the last try
+   * failed in a way a later one may not), 1 = loaded, -1 = unavailable. */
   atomic_int fp_state;
-  char fp_why[256];   /* why unavailable */
+  char fp_why[256];   /* why the last try failed */
   CUmodule fp_module;
   CUfunction fp_kernel;
   int sm_count;
@@ -855,43 +856,59 @@ static int cuda_memset(cumem_backend_t *b, uintptr_t dst, unsigned char value, s
 
 /* ---- fingerprints (the kernel: src/fingerprint.cu) ------------------- */
 
+/* Failures to load the kernel that no later try can cure within this
+ * process: the PTX, the GPU and the driver's JIT do not change. */
+static int cuda_fingerprint_never_loads(CUresult r) {
+  switch (r) {
+  case CUDA_ERROR_UNSUPPORTED_PTX_VERSION: /* a driver older than the PTX ISA of src/fingerprint.ptx */
+  case CUDA_ERROR_INVALID_PTX:
+  case CUDA_ERROR_INVALID_IMAGE:
+  case CUDA_ERROR_NO_BINARY_FOR_GPU:
+  case CUDA_ERROR_JIT_COMPILER_NOT_FOUND:
+  case CUDA_ERROR_JIT_COMPILATION_DISABLED:
+  case CUDA_ERROR_NOT_FOUND: /* no kernel of that name in the module */
+    return 1;
+  default:
+    return 0;
+  }
+}
+
 /* Load the fingerprint kernel into d's primary context, once. A device
- * where it cannot load (a driver older than the PTX ISA) answers
- * CUMEM_ENOTSUP from then on: sleep copies everything there. Pre: d's
- * context is current. */
+ * where it can never load (cuda_fingerprint_never_loads) answers
+ * CUMEM_ENOTSUP from then on: sleep copies everything there. Any other
+ * failure (out of memory at sleep time, say) is this call's, and the next
+ * call tries again. Pre: d's context is current. */
 static int cuda_fingerprint_load(cuda_backend_t *cb, cuda_device_t *d, int device) {
   if (atomic_load_explicit(&d->fp_state, memory_order_acquire) == 1) return 0;
   pthread_mutex_lock(&cb->open_lock);
-  int state = atomic_load_explicit(&d->fp_state, memory_order_relaxed);
+  int state = atomic_load_explicit(&d->fp_state, memory_order_relaxed), rc = 0;
   if (state == 0) {
-    const char *name = NULL;
-    CUresult r = CUDA_SUCCESS;
     CUmodule mod = NULL;
     double t0 = cumem__now();
-    if ((r = cu.ModuleLoadData(&mod, cumem__fingerprint_ptx)) != CUDA_SUCCESS) {
-      if (cu.GetErrorName(r, &name) != CUDA_SUCCESS) name = "?";
-      snprintf(d->fp_why, sizeof d->fp_why,
-               "cuModuleLoadData of its PTX failed: %s (a driver older than the PTX ISA of src/fingerprint.ptx?)",
-               name);
-    } else if ((r = cu.ModuleGetFunction(&d->fp_kernel, mod, CUMEM_FP_KERNEL)) != CUDA_SUCCESS) {
-      if (cu.GetErrorName(r, &name) != CUDA_SUCCESS) name = "?";
-      snprintf(d->fp_why, sizeof d->fp_why, "cuModuleGetFunction(\"%s\") failed: %s", CUMEM_FP_KERNEL, name);
-      (void)cu.ModuleUnload(mod);
-    } else {
+    CUresult r = cu.ModuleLoadData(&mod, cumem__fingerprint_ptx);
+    rc = CUDA_CHECK(r, "cuModuleLoadData(src/fingerprint.ptx)");
+    if (!rc) {
+      r = cu.ModuleGetFunction(&d->fp_kernel, mod, CUMEM_FP_KERNEL);
+      rc = CUDA_CHECK(r, "cuModuleGetFunction(\"%s\")", CUMEM_FP_KERNEL);
+      if (rc) (void)cu.ModuleUnload(mod);
+    }
+    if (!rc) {
       d->fp_module = mod;
       d->sm_count = cuda_attribute(d->dev, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT);
       state = 1;
+    } else {
+      snprintf(d->fp_why, sizeof d->fp_why, "%s", cumem_last_error());
+      if (cuda_fingerprint_never_loads(r)) state = -1; /* else it stays 0: tried again */
     }
-    if (state != 1) state = -1;
     cumem__log("device %d: fingerprint kernel %s (%.1f ms)%s%s", device,
-               state == 1 ? "loaded" : "unavailable", (cumem__now() - t0) * 1e3, state == 1 ? "" : ": ",
-               state == 1 ? "" : d->fp_why);
+               state == 1 ? "loaded" : state == -1 ? "unavailable" : "not loaded, tried again next time",
+               (cumem__now() - t0) * 1e3, state == 1 ? "" : ": ", state == 1 ? "" : d->fp_why);
     atomic_store_explicit(&d->fp_state, state, memory_order_release);
   }
   pthread_mutex_unlock(&cb->open_lock);
-  if (state != 1)
+  if (state == -1)
     return CUMEM_FAIL(CUMEM_ENOTSUP, "device %d: the fingerprint kernel is unavailable: %s", device, d->fp_why);
-  return 0;
+  return rc; /* 0, or this try's failure, its detail set by CUDA_CHECK */
 }
 
 /* The index of the device whose primary context is current. */
@@ -956,7 +973,8 @@ static int cuda_fingerprint(cumem_backend_t *b, uintptr_t va, size_t chunk, size
   cuda_device_t *d = rc ? NULL : &cb->devices[device];
   if (!rc) rc = cuda_fingerprint_load(cb, d, device);
   size_t nchunks = cumem__fp_chunks(n, chunk), bytes = nchunks * CUMEM_FP_VALUES * sizeof *out;
-  unsigned per_chunk = rc ? 1 : cuda_fingerprint_blocks(d, nchunks, ((n < chunk ? n : chunk) + 15) / 16);
+  size_t chunk_words = cumem__ceil_div(n < chunk ? n : chunk, CUMEM_FP_WORD);
+  unsigned per_chunk = rc ? 1 : cuda_fingerprint_blocks(d, nchunks, chunk_words);
   if (!rc && nchunks > 0x7fffffffu / per_chunk)
     rc = CUMEM_FAIL(CUMEM_EINVAL, "fingerprint: %zu chunks of %zu bytes are too many for one launch", nchunks,
                     chunk);

@@ -167,14 +167,14 @@ static int several_numa_nodes(void) {
 }
 
 /* The options that name strings or files become the instance's own: the
- * caller's strings need not outlive cumem_open. */
+ * caller's strings need not outlive cumem_open, and cm->opts keeps none of
+ * them (as with backend and disk_dir). */
 static int take_option_strings(cumem_t *cm) {
   const char *ahead = cm->opts.prepare_ahead, *lock = cm->opts.register_lock;
   cm->opts.prepare_ahead = cm->opts.register_lock = NULL;
   cm->register_lock_fd = -1;
   if (ahead && *ahead && !(cm->ahead_tags = strdup(ahead)))
     return CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for the prepare_ahead option");
-  cm->opts.prepare_ahead = cm->ahead_tags;
   if (lock) {
     cm->register_lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
     if (cm->register_lock_fd < 0)
@@ -360,6 +360,27 @@ int cumem__backup_map(cumem_t *cm, alloc_t *a) {
   return cumem__hostbuf_map(&a->backup, a->size, cm->opts.copy_chunk, node);
 }
 
+int cumem__streams_get(cumem_t *cm, streams_t *st, int device, void **out) {
+  if (!st->s[device]) {
+    int rc = cm->backend->stream_create(cm->backend, device, &st->s[device]);
+    if (rc) return rc;
+  }
+  *out = st->s[device];
+  return 0;
+}
+
+int cumem__streams_finish(cumem_t *cm, streams_t *st) {
+  int first = 0;
+  for (int d = 0; d < CUMEM_MAX_DEVICES; d++) {
+    if (!st->s[d]) continue;
+    int rc = cm->backend->stream_synchronize(cm->backend, st->s[d]);
+    int rc2 = cm->backend->stream_destroy(cm->backend, st->s[d]);
+    st->s[d] = NULL;
+    if (!first) first = rc ? rc : rc2;
+  }
+  return first;
+}
+
 int cumem__is_asleep(const alloc_t *a) { return a->nmapped < a->nchunks || a->backed_up; }
 
 int cumem__holds_memory(const alloc_t *a) {
@@ -459,7 +480,11 @@ int cumem_alloc_ex(cumem_t *cm, void **out, size_t size, int device, const char 
   a->device = device;
   a->peer_mask = peer_mask & ~((uint64_t)1 << device);
 
-  cumem__lock_acquire(&cm->lock);
+  rc = cumem__enter(cm); /* (its fork check cannot fail here: the one above passed) */
+  if (rc) {
+    alloc_destroy_record(a);
+    return rc;
+  }
   if (cm->limbo) {
     cumem__error_save_t e0;
     cumem__error_save(&e0);
@@ -638,7 +663,7 @@ int cumem_query(cumem_t *cm, const void *ptr, cumem_alloc_info_t *info) {
     info->device = a->device;
     info->asleep = cumem__is_asleep(a);
     info->backed_up = a->backed_up;
-    info->on_disk = a->backed_up && a->disk.filled;
+    info->on_disk = cumem__on_disk(a);
     strcpy(info->tag, a->tag->name);
   }
   cumem__leave(cm);
@@ -650,7 +675,7 @@ int cumem_query(cumem_t *cm, const void *ptr, cumem_alloc_info_t *info) {
 static int backup_locate(cumem_t *cm, const void *ptr, alloc_t **out, void **host, size_t *len) {
   alloc_t *a = cumem__table_find_containing(&cm->table, (uintptr_t)ptr);
   if (!a || a->freeing) return CUMEM_FAIL(CUMEM_ENOTFOUND, "%p is not inside a live cumem allocation", ptr);
-  if (a->backed_up && a->disk.filled)
+  if (cumem__on_disk(a))
     return CUMEM_FAIL(CUMEM_ENOTFOUND, "the content of %p is backed up on disk: no host view", ptr);
   if (!a->backup.filled)
     return !a->backup.ptr ? CUMEM_FAIL(CUMEM_ENOTFOUND, "%p has no host backup", ptr)
@@ -714,7 +739,7 @@ int cumem_stats(cumem_t *cm, const char *tag, cumem_stats_t *out) {
       out->bytes_asleep += a->size - m;
       if (a->backed_up) out->bytes_backed_up += a->size;
       if (a->backed_up && !a->disk.filled) out->bytes_skipped += a->skipped; /* host backups only */
-      if (a->backed_up && a->disk.filled) out->bytes_on_disk += a->size;
+      if (cumem__on_disk(a)) out->bytes_on_disk += a->size;
       out->bytes_host_held += cumem__hostbuf_held(&a->backup);
       out->bytes_host_pinned += a->backup.pinned;
     }

@@ -55,6 +55,9 @@ typedef struct alloc {
   struct alloc *prev, *next;        /* every allocation, oldest first */
 } alloc_t;
 
+/* Its content is backed up in its disk file (disk.h), not in host memory. */
+static inline int cumem__on_disk(const alloc_t *a) { return a->backed_up && a->disk.filled; }
+
 /* Prepare-ahead of an allocation's backup by the background worker. */
 enum ahead {
   AHEAD_NONE,   /* not asked for */
@@ -72,6 +75,11 @@ typedef struct device {
   int known; /* info read */
   cumem_device_info_t info;
 } device_t;
+
+/* One stream per device, created on first use within a call (core.c). */
+typedef struct streams {
+  void *s[CUMEM_MAX_DEVICES];
+} streams_t;
 
 /* lock.c: a fair (FIFO) lock. */
 typedef struct cumem__lock {
@@ -99,8 +107,10 @@ typedef struct cumem__background {
 
 struct cumem {
   cumem_backend_t *backend;
-  cumem_options_t opts;   /* its strings point into the instance's copies */
-  char *ahead_tags;       /* opts.prepare_ahead, owned */
+  cumem_options_t opts;   /* its strings are NULL: the instance keeps its own
+                             copies (ahead_tags, disk_dir) or what they name
+                             (register_lock_fd) */
+  char *ahead_tags;       /* the prepare_ahead option, owned; NULL: none */
   int numa_bind;          /* put backups on their GPU's NUMA node */
   int register_lock_fd;   /* opts.register_lock opened, or -1 */
   unsigned fork_generation; /* cumem__fork_generation() at open */
@@ -114,8 +124,8 @@ struct cumem {
   cumem__background_t bg;
   char *disk_dir;  /* absolute path for disk backups, or NULL (disk.c) */
   hostbuf_t disk_staging; /* disk.c's staging buffers, during a call */
-  uint64_t *fp_arena;    /* skip.c: page-locked room for a sleep's */
-  size_t fp_arena_size;  /* fingerprints (kept only if unlocking failed) */
+  uint64_t *fp_arena;    /* skip.c: page-locked room for a sleep's
+                            fingerprints (kept only if unlocking failed) */
 };
 
 void cumem__lock_init(cumem__lock_t *l);
@@ -165,6 +175,11 @@ int cumem__tag_in(tag_t *t, tag_t **set, size_t n, int all);
 int cumem__tag_prepares_ahead(const cumem_t *cm, const tag_t *t);
 /* Map (not yet pin) a's backup buffer, unless it has one. */
 int cumem__backup_map(cumem_t *cm, alloc_t *a);
+/* The stream of `device` in st, created if it has none yet (*out is left
+ * as it was on failure). */
+int cumem__streams_get(cumem_t *cm, streams_t *st, int device, void **out);
+/* Wait for and destroy every stream of st; returns the first failure. */
+int cumem__streams_finish(cumem_t *cm, streams_t *st);
 
 /* sleep.c: the engine, over a list of allocations. */
 int cumem__engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned char *offload);

@@ -64,7 +64,7 @@
 #define DISK_PIECE_MAX ((size_t)32 << 20) /* bytes per buffer at most */
 #define TMPFS_MAGIC_ 0x01021994
 
-static size_t align_up(size_t n) { return (n + DISK_ALIGN - 1) / DISK_ALIGN * DISK_ALIGN; }
+static size_t align_up(size_t n) { return cumem__ceil_div(n, DISK_ALIGN) * DISK_ALIGN; }
 
 /* ---- the test hook (cumem_testing.h) -------------------------------------- */
 
@@ -295,7 +295,7 @@ typedef struct stager {
                         cm->disk_staging, given back at the end of each call */
   size_t seg;        /* bytes per buffer: a multiple of DISK_ALIGN */
   slot_t slot[DISK_SLOTS];
-  void *stream[CUMEM_MAX_DEVICES];
+  streams_t streams;
   /* The I/O threads: the worker pool (pool.c), one item per piece, piece k
    * in buffer k % DISK_SLOTS, released once that buffer is set up. */
   cumem__pool_t io;
@@ -342,22 +342,13 @@ static int stager_open(stager_t *s, cumem_t *cm, size_t largest) {
 
 int cumem__disk_staging_free(cumem_t *cm) { return cumem__hostbuf_free(cm->backend, &cm->disk_staging); }
 
-static int stream_of(stager_t *s, int device, void **out) {
-  if (!s->stream[device]) {
-    int rc = s->cm->backend->stream_create(s->cm->backend, device, &s->stream[device]);
-    if (rc) return rc;
-  }
-  *out = s->stream[device];
-  return 0;
-}
-
 /* Queue the copy of piece p between the device and slot i's buffer, and
  * record the slot's event after it (an event belongs to one device). */
 static int slot_copy(stager_t *s, int i, const piece_t *p, int to_host) {
   cumem_backend_t *b = s->cm->backend;
   slot_t *sl = &s->slot[i];
   void *stream;
-  int rc = stream_of(s, p->a->device, &stream);
+  int rc = cumem__streams_get(s->cm, &s->streams, p->a->device, &stream);
   if (!rc) rc = to_host ? b->copy_to_host(b, sl->buf, p->a->va + p->off, p->len, stream)
                         : b->copy_to_device(b, p->a->va + p->off, sl->buf, p->len, stream);
   if (!rc && sl->event && sl->event_device != p->a->device) {
@@ -437,12 +428,15 @@ static int stager_finish(stager_t *s, int rc) {
   if (s->io_started && rc) cumem__pool_cancel(&s->io); /* the call failed: skip what is left */
   else if (s->io_started) keep_first(&rc, cumem__pool_join(&s->io), &e);
   int idle = 1;
+  /* Not cumem__streams_finish: whether each stream synchronized decides
+   * whether the buffers can go, and a stream that synchronized but could
+   * not be destroyed fails nothing here. */
   for (int d = 0; d < CUMEM_MAX_DEVICES; d++) {
-    if (!s->stream[d]) continue;
-    int r = b->stream_synchronize(b, s->stream[d]);
+    if (!s->streams.s[d]) continue;
+    int r = b->stream_synchronize(b, s->streams.s[d]);
     if (r) idle = 0;
     keep_first(&rc, r, &e);
-    b->stream_destroy(b, s->stream[d]);
+    b->stream_destroy(b, s->streams.s[d]);
   }
   for (int i = 0; i < DISK_SLOTS; i++)
     if (s->slot[i].event) b->event_destroy(b, s->slot[i].event);
@@ -461,7 +455,7 @@ static int stager_run(cumem_t *cm, alloc_t **list, size_t n, const unsigned char
   int rc = stager_open(&st, cm, largest);
   size_t count = 0;
   for (size_t i = 0; !rc && i < n; i++)
-    if (which[i]) count += (list[i]->size + st.seg - 1) / st.seg;
+    if (which[i]) count += cumem__ceil_div(list[i]->size, st.seg);
   if (!rc && !(pieces = malloc((count ? count : 1) * sizeof *pieces)))
     rc = CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for %zu disk pieces", count);
   if (!rc) rc = cumem__pool_start_gated(&st.io, transfer_task, &st, count, DISK_IO_THREADS);
@@ -554,7 +548,7 @@ int cumem__disk_wake(cumem_t *cm, alloc_t **list, size_t n) {
   if (!mine) return CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory");
   size_t count = 0, bytes = 0, largest = 0;
   for (size_t i = 0; i < n; i++) {
-    if (!(mine[i] = list[i]->backed_up && list[i]->disk.filled)) continue;
+    if (!(mine[i] = cumem__on_disk(list[i]))) continue;
     count++;
     bytes += list[i]->size;
     if (list[i]->size > largest) largest = list[i]->size;

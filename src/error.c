@@ -100,6 +100,8 @@ int cumem__log_scope(int verbose) {
 
 void cumem__log_scope_restore(int previous) { log_scope = previous; }
 
+int cumem__log_scope_current(void) { return log_scope; }
+
 void cumem__log(const char *fmt, ...) {
   if (!cumem__logging()) return;
   va_list ap;

@@ -10,7 +10,7 @@
 #define CUMEM_FP_VALUES 2
 
 /* Chunks of n bytes cut into pieces of `chunk` (the last may be shorter). */
-static inline size_t cumem__fp_chunks(size_t n, size_t chunk) { return chunk ? (n + chunk - 1) / chunk : 0; }
+static inline size_t cumem__fp_chunks(size_t n, size_t chunk) { return chunk ? cumem__ceil_div(n, chunk) : 0; }
 
 /* out[2c], out[2c + 1] = the fingerprint of chunk c of [data, data + n), for
  * every chunk. Pre: chunk > 0. */

@@ -50,7 +50,7 @@ int cumem__hostbuf_map(hostbuf_t *hb, size_t size, size_t seg, int numa_node) {
 #ifdef MADV_HUGEPAGE
   (void)madvise((void *)p, size, MADV_HUGEPAGE); /* a hint: fine if refused */
 #endif
-  if (numa_node >= 0) prefer_node((void *)p, (size + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1), numa_node);
+  if (numa_node >= 0) prefer_node((void *)p, cumem__ceil_div(size, HUGE_PAGE) * HUGE_PAGE, numa_node);
   hb->map_base = base;
   hb->map_size = map_size;
   hb->ptr = (unsigned char *)p;

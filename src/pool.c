@@ -33,6 +33,7 @@ static int finished(const cumem__pool_t *p) { return p->error || p->next >= p->n
 static void *worker(void *arg) {
   cumem__pool_t *p = arg;
   size_t i;
+  cumem__log_scope_restore(p->log_scope); /* log as the instance whose call started the pool */
   pthread_mutex_lock(&p->mu);
   while (!finished(p)) {
     if (take(p, &i)) run(p, i);
@@ -47,6 +48,7 @@ int cumem__pool_start_gated(cumem__pool_t *p, cumem__task_fn fn, void *ctx, size
   p->fn = fn;
   p->ctx = ctx;
   p->n = n;
+  p->log_scope = cumem__log_scope_current();
   if ((size_t)threads > n) threads = (int)n;
   if (threads < 0) threads = 0;
   p->done = calloc(n ? n : 1, 1);

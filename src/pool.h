@@ -12,7 +12,8 @@
  * stops the pool handing out more; the first failure (code and detail) is
  * what wait and join return. With no thread started (pthread_create
  * failing, or threads = 0) everything runs on the caller, in wait and join:
- * slower, never wrong. */
+ * slower, never wrong. Tasks log as the caller does: each worker takes the
+ * log scope (internal.h) of the thread that started the pool. */
 #ifndef CUMEM_POOL_H
 #define CUMEM_POOL_H
 
@@ -35,6 +36,7 @@ typedef struct cumem__pool {
   pthread_cond_t cv;    /* an item finished, or more were released */
   pthread_t *threads;
   int nthreads;
+  int log_scope;        /* the starting thread's, taken by each worker */
 } cumem__pool_t;
 
 /* Start up to `threads` workers (never more than items) over items

@@ -53,14 +53,13 @@ static int arena_free(cumem_t *cm) {
   if (rc) return rc; /* never free memory the driver may still have locked */
   free(cm->fp_arena);
   cm->fp_arena = NULL;
-  cm->fp_arena_size = 0;
   return 0;
 }
 
 static int arena_make(cumem_t *cm, size_t values) {
   int rc = arena_free(cm); /* one a sleep could not give back */
   if (rc) return rc;
-  size_t page = (size_t)sysconf(_SC_PAGESIZE), size = (values * sizeof(uint64_t) + page - 1) / page * page;
+  size_t page = (size_t)sysconf(_SC_PAGESIZE), size = cumem__ceil_div(values * sizeof(uint64_t), page) * page;
   void *p = NULL;
   if (posix_memalign(&p, page, size) != 0)
     return CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for %zu fingerprints", values);
@@ -71,21 +70,10 @@ static int arena_make(cumem_t *cm, size_t values) {
     return rc;
   }
   cm->fp_arena = p;
-  cm->fp_arena_size = size;
   return 0;
 }
 
 int cumem__skip_give_back(cumem_t *cm) { return arena_free(cm); }
-
-static int stream_of(skip_t *sk, int device, void **out) {
-  cumem_backend_t *b = sk->cm->backend;
-  if (!sk->streams[device]) {
-    int rc = b->stream_create(b, device, &sk->streams[device]);
-    if (rc) return rc;
-  }
-  *out = sk->streams[device];
-  return 0;
-}
 
 static int wait_for(skip_t *sk, skip_item_t *it);
 
@@ -120,7 +108,7 @@ static int queue_one(skip_t *sk, skip_item_t *it, alloc_t *a) {
   void *stream = NULL;
   cumem__error_save_t before;
   cumem__error_save(&before);
-  int rc = stream_of(sk, a->device, &stream);
+  int rc = cumem__streams_get(sk->cm, &sk->streams, a->device, &stream);
   if (!rc) rc = b->fingerprint(b, a->va, a->backup.seg, a->size, it->fp, stream);
   if (rc) {
     log_fallback(&before, "cannot fingerprint on this device; this sleep copies its allocations whole");
@@ -252,14 +240,7 @@ int cumem__skip_record(skip_t *sk, size_t i, alloc_t *a) {
 
 int cumem__skip_end(skip_t *sk) {
   cumem_backend_t *b = sk->cm ? sk->cm->backend : NULL;
-  int first = 0;
-  for (int d = 0; b && d < CUMEM_MAX_DEVICES; d++) {
-    if (!sk->streams[d]) continue;
-    int rc = b->stream_synchronize(b, sk->streams[d]);
-    int rc2 = b->stream_destroy(b, sk->streams[d]);
-    sk->streams[d] = NULL;
-    if (!first) first = rc ? rc : rc2;
-  }
+  int first = sk->cm ? cumem__streams_finish(sk->cm, &sk->streams) : 0;
   for (int e = 0; e < SKIP_EVENTS; e++)
     if (sk->events[e].event) b->event_destroy(b, sk->events[e].event);
   /* After a failed wait the device might still write into the arena: keep

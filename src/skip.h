@@ -53,7 +53,7 @@ typedef struct skip {
   size_t n, next;           /* next: the first item whose kernel is not queued */
   skip_event_t events[SKIP_EVENTS];
   size_t nqueued;
-  void *streams[CUMEM_MAX_DEVICES];
+  streams_t streams;        /* the kernels run on, one per device */
   uint64_t disabled;        /* devices where fingerprinting failed this sleep */
   uint64_t *arena;          /* this sleep's fingerprints (cm->fp_arena) */
   unsigned char *changed;   /* per segment, for skip_plan's answer */

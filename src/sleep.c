@@ -8,7 +8,7 @@
  *   2. for the allocations to offload, first-touch host segments on a pool
  *      of threads; this thread page-locks each touched segment and queues
  *      its device-to-host copy (one stream per device), so preparing and
- *      copying overlap (hostmem.c says why registration stays here);
+ *      copying overlap (prepare_job says why registration stays here);
  *   3. release each allocation's physical memory as soon as its own copies
  *      are done (an event per allocation), overlapped with the next copies;
  *      discarded allocations are released at once, by other threads, while
@@ -32,33 +32,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-
-/* One stream per device, created on first use within a call. */
-typedef struct streams {
-  void *s[CUMEM_MAX_DEVICES];
-} streams_t;
-
-static int stream_for(cumem_t *cm, streams_t *st, int device, void **out) {
-  if (!st->s[device]) {
-    int rc = cm->backend->stream_create(cm->backend, device, &st->s[device]);
-    if (rc) return rc;
-  }
-  *out = st->s[device];
-  return 0;
-}
-
-/* Wait for and destroy every stream; returns the first failure. */
-static int streams_finish(cumem_t *cm, streams_t *st) {
-  int first = 0;
-  for (int d = 0; d < CUMEM_MAX_DEVICES; d++) {
-    if (!st->s[d]) continue;
-    int rc = cm->backend->stream_synchronize(cm->backend, st->s[d]);
-    int rc2 = cm->backend->stream_destroy(cm->backend, st->s[d]);
-    st->s[d] = NULL;
-    if (!first) first = rc ? rc : rc2;
-  }
-  return first;
-}
 
 static int release_alloc_memory(cumem_t *cm, alloc_t *a) {
   for (size_t i = 0; i < a->nchunks; i++) { /* handles left by failures too */
@@ -152,10 +125,7 @@ typedef struct discards { cumem_t *cm; alloc_t **list; } discards_t;
 
 static int release_job(void *ctx, size_t i) {
   discards_t *d = ctx;
-  int scope = cumem__log_scope(d->cm->opts.verbose); /* log as the instance does */
-  int rc = release_alloc_memory(d->cm, d->list[i]);
-  cumem__log_scope_restore(scope);
-  return rc;
+  return release_alloc_memory(d->cm, d->list[i]);
 }
 
 /* An allocation whose copies are queued and whose release waits for them. */
@@ -247,7 +217,7 @@ int cumem__engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned ch
     void *stream, *event = NULL;
     const unsigned char *changed = NULL; /* NULL: every segment */
     size_t ncopy = 0;
-    rc = stream_for(cm, &st, a->device, &stream);
+    rc = cumem__streams_get(cm, &st, a->device, &stream);
     if (!rc) rc = cumem__skip_plan(&sk, i, a, &changed, &ncopy);
     size_t k = first[i];
     for (size_t s = 0; !rc && s < a->backup.nseg; s++) {
@@ -296,7 +266,7 @@ int cumem__engine_sleep(cumem_t *cm, alloc_t **list, size_t n, const unsigned ch
       cumem__error_save(&e);
     }
   }
-  int rc2 = streams_finish(cm, &st);
+  int rc2 = cumem__streams_finish(cm, &st);
   skip_t sk_log = sk; /* its figures, for the log */
   int rc_end = cumem__skip_end(&sk);
   if (!rc2) rc2 = rc_end;
@@ -336,9 +306,9 @@ static int map_alloc(cumem_t *cm, alloc_t *a, mapped_chunk_t *undo, size_t *nund
 static int queue_restore(cumem_t *cm, streams_t *st, alloc_t *a) {
   cumem_backend_t *b = cm->backend;
   void *stream;
-  if (a->backed_up && a->disk.filled) return 0; /* read back by cumem__disk_wake */
+  if (cumem__on_disk(a)) return 0; /* read back by cumem__disk_wake */
   if (!a->backed_up && !cm->opts.zero_on_wake) return 0;
-  int rc = stream_for(cm, st, a->device, &stream);
+  int rc = cumem__streams_get(cm, st, a->device, &stream);
   if (rc) return rc;
   if (!a->backed_up) return b->memset(b, a->va, 0, a->size, stream);
   for (size_t s = 0; !rc && s < a->backup.nseg; s++)
@@ -371,7 +341,7 @@ int cumem__engine_wake(cumem_t *cm, alloc_t **list, size_t n) {
   double t_queued = cumem__now();
   cumem__error_save_t e;
   cumem__error_save(&e);
-  int rc2 = streams_finish(cm, &st);
+  int rc2 = cumem__streams_finish(cm, &st);
   if (rc) cumem__error_restore(&e); else rc = rc2;
   cumem__log("wake of %zu allocations: %.1f ms mapping, %.1f ms queueing in all, %.1f ms waiting for copies",
              n, t_map * 1e3, (t_queued - t0) * 1e3, (cumem__now() - t_queued) * 1e3);
