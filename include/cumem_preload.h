@@ -7,8 +7,8 @@
  *
  * The library defines cudaMalloc, cudaMallocAsync, cudaMallocPitch and
  * cuMemAlloc_v2. While the calling thread is in a region (below), they make a
- * cumem allocation on the current device under the region's tag; otherwise
- * they call the real function. cudaFree, cudaFreeAsync and cuMemFree_v2 free
+ * cumem allocation on the current device (cudaMallocAsync: the stream's)
+ * under the region's tag; otherwise they call the real function. cudaFree, cudaFreeAsync and cuMemFree_v2 free
  * what the interposer allocated through cumem and pass everything else on.
  * The cumem core is the process's one libcumem.so.0, so cumem_default() in
  * the program (or cumem.sleep / torch_memory_saver.pause in Python) sleeps

@@ -1,8 +1,8 @@
 /* The CUDA entry points the interposer defines (see include/cumem_preload.h).
  *
  * Allocating calls: in a region, a cumem allocation on the current device
- * under the region's tag, remembered in the owned set; otherwise the real
- * function. A zero-byte request is always forwarded (it holds no memory).
+ * (cudaMallocAsync: the stream's) under the region's tag, remembered in the
+ * owned set; otherwise the real function. A zero-byte request is always forwarded (it holds no memory).
  * Freeing calls: an address from the owned set is freed by cumem, anything
  * else goes to the real function. Trace-only calls are counted and
  * forwarded.
@@ -14,6 +14,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,6 +58,7 @@ typedef cudaError_t (*cudaGetDriverEntryPointByVersion_fn)(const char *, void **
                                                            unsigned long long, int *);
 typedef cudaError_t (*cudaGetDevice_fn)(int *);
 typedef CUresult (*cuCtxGetDevice_fn)(CUdevice *);
+typedef cudaError_t (*cudaStreamGetDevice_fn)(cudaStream_t, int *);
 
 /* ---- the cumem side ------------------------------------------------------ */
 
@@ -77,6 +79,23 @@ static int driver_device(int *dev) {
     return CUMEM_FAIL(CUMEM_ENODEV, "cumem preload: cuCtxGetDevice failed (%d): no current context?", e);
   *dev = d;
   return 0;
+}
+
+/* The device of `stream`, where cudaMallocAsync allocates whichever device
+ * is current (the default streams are the current device's). A runtime
+ * older than CUDA 12.8 has no cudaStreamGetDevice: there the current device
+ * is the answer, looked for once, without leaving a detail behind. */
+static int stream_device(cudaStream_t stream, int *dev) {
+  static _Atomic int missing;
+  cudaStreamGetDevice_fn get = NULL;
+  if (!atomic_load_explicit(&missing, memory_order_relaxed) &&
+      !(get = (cudaStreamGetDevice_fn)cumem__preload_real_optional(PRELOAD_cudaStreamGetDevice)))
+    atomic_store_explicit(&missing, 1, memory_order_relaxed);
+  if (!get) return runtime_device(dev);
+  cudaError_t e = get(stream, dev);
+  return e == cudaSuccess ? 0
+                          : CUMEM_FAIL(CUMEM_ENODEV, "cumem preload: cudaStreamGetDevice(%p) failed (%d)",
+                                       stream, e);
 }
 
 /* A "tms+disk:" tag backs up to files: give it that option (once set, it
@@ -135,12 +154,11 @@ static int refused(enum preload_fn fn) {
   return cudaErrorInvalidValue; /* == CUDA_ERROR_INVALID_VALUE */
 }
 
-/* In a region: `size` bytes of cumem memory on the current device, as
- * current_device (runtime_device or driver_device) finds it. Returns the
+/* In a region: `size` bytes of cumem memory on device `dev`, which the
+ * caller looked up first (found: 0, or why it could not say). Returns the
  * cumem rc; each caller turns it into its own API's error value. */
-static int alloc_in_region(enum preload_fn fn, int (*current_device)(int *), void **out, size_t size) {
-  int dev = 0, rc = current_device(&dev);
-  if (!rc) rc = region_alloc(out, size, dev);
+static int alloc_in_region(enum preload_fn fn, int found, int dev, void **out, size_t size) {
+  int rc = found ? found : region_alloc(out, size, dev);
   cumem__preload_count(fn, PRELOAD_TO_CUMEM, rc != 0, rc ? 0 : size);
   return rc;
 }
@@ -159,7 +177,8 @@ static int free_if_owned(enum preload_fn fn, void *ptr, int on_stream, cudaStrea
 API cudaError_t cudaMalloc(void **devPtr, size_t size) {
   if (!devPtr) return refused(PRELOAD_cudaMalloc);
   if (in_region(size)) {
-    int rc = alloc_in_region(PRELOAD_cudaMalloc, runtime_device, devPtr, size);
+    int dev = 0, found = runtime_device(&dev);
+    int rc = alloc_in_region(PRELOAD_cudaMalloc, found, dev, devPtr, size);
     return rc ? cudaErrorMemoryAllocation : cudaSuccess;
   }
   cudaMalloc_fn real = REAL(cudaMalloc);
@@ -168,12 +187,13 @@ API cudaError_t cudaMalloc(void **devPtr, size_t size) {
   return e;
 }
 
-/* The memory is usable from every stream once mapped, so the stream only
- * matters to the real function. */
+/* On the stream's device. The memory is usable from every stream once
+ * mapped, so beyond that the stream only matters to the real function. */
 API cudaError_t cudaMallocAsync(void **devPtr, size_t size, cudaStream_t stream) {
   if (!devPtr) return refused(PRELOAD_cudaMallocAsync);
   if (in_region(size)) {
-    int rc = alloc_in_region(PRELOAD_cudaMallocAsync, runtime_device, devPtr, size);
+    int dev = 0, found = stream_device(stream, &dev);
+    int rc = alloc_in_region(PRELOAD_cudaMallocAsync, found, dev, devPtr, size);
     return rc ? cudaErrorMemoryAllocation : cudaSuccess;
   }
   cudaMallocAsync_fn real = REAL(cudaMallocAsync);
@@ -186,7 +206,8 @@ API cudaError_t cudaMallocPitch(void **devPtr, size_t *pitch, size_t width, size
   if (!devPtr || !pitch) return refused(PRELOAD_cudaMallocPitch);
   size_t row = (width + PITCH_ALIGN - 1) / PITCH_ALIGN * PITCH_ALIGN;
   if (width && height && in_region(width) && row >= width && height <= SIZE_MAX / row) {
-    if (alloc_in_region(PRELOAD_cudaMallocPitch, runtime_device, devPtr, row * height))
+    int dev = 0, found = runtime_device(&dev);
+    if (alloc_in_region(PRELOAD_cudaMallocPitch, found, dev, devPtr, row * height))
       return cudaErrorMemoryAllocation;
     *pitch = row;
     return cudaSuccess;
@@ -204,7 +225,8 @@ API CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize) {
   if (!dptr) return refused(PRELOAD_cuMemAlloc_v2);
   if (in_region(bytesize)) {
     void *p = NULL;
-    if (alloc_in_region(PRELOAD_cuMemAlloc_v2, driver_device, &p, bytesize)) return CUDA_ERROR_OUT_OF_MEMORY;
+    int dev = 0, found = driver_device(&dev);
+    if (alloc_in_region(PRELOAD_cuMemAlloc_v2, found, dev, &p, bytesize)) return CUDA_ERROR_OUT_OF_MEMORY;
     *dptr = (CUdeviceptr)(uintptr_t)p;
     return CUDA_SUCCESS;
   }

@@ -30,12 +30,13 @@
   XX(cudaGetDriverEntryPoint)         \
   XX(cudaGetDriverEntryPointByVersion)
 
-/* Real functions the interposer calls: the ones above, and the two that say
- * which device is current. */
+/* Real functions the interposer calls: the ones above, the two that say
+ * which device is current, and the one that says a stream's. */
 #define PRELOAD_REAL_FUNCTIONS(XX) \
   PRELOAD_FUNCTIONS(XX)            \
   XX(cudaGetDevice)                \
-  XX(cuCtxGetDevice)
+  XX(cuCtxGetDevice)               \
+  XX(cudaStreamGetDevice)
 
 enum preload_fn {
 #define PRELOAD_XX_(name) PRELOAD_##name,
@@ -49,6 +50,8 @@ enum preload_fn {
 /* real.c: the real function, found on first use (thread-safe); NULL with a
  * detail when no loaded library defines it (looked up again next time). */
 void *cumem__preload_real(enum preload_fn fn);
+/* The same for a function some runtimes lack: NULL without a detail. */
+void *cumem__preload_real_optional(enum preload_fn fn);
 const char *cumem__preload_fn_name(enum preload_fn fn);
 /* How it was found (cumem_preload_count_t.resolved) and from which file. */
 int cumem__preload_real_how(enum preload_fn fn, const char **origin);

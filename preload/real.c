@@ -98,7 +98,8 @@ static void *search_loaded(const char *name) {
   return found;
 }
 
-void *cumem__preload_real(enum preload_fn fn) {
+/* The lookup, without a detail when nothing defines it. */
+static void *lookup(enum preload_fn fn) {
   void *p = atomic_load_explicit(&real_fn[fn], memory_order_acquire);
   if (p) return p;
   /* Two threads may both look it up; they find the same function. */
@@ -110,10 +111,6 @@ void *cumem__preload_real(enum preload_fn fn) {
   }
   if (!p) {
     atomic_store(&real_how[fn], -1);
-    CUMEM_FAIL(CUMEM_ENODRIVER,
-               "cumem preload: no loaded library defines %s (is the CUDA runtime loaded, and "
-               "shared? a program built with nvcc's default static runtime cannot be interposed)",
-               fn_names[fn]);
     return NULL;
   }
   Dl_info info;
@@ -122,3 +119,15 @@ void *cumem__preload_real(enum preload_fn fn) {
   atomic_store_explicit(&real_fn[fn], p, memory_order_release);
   return p;
 }
+
+void *cumem__preload_real(enum preload_fn fn) {
+  void *p = lookup(fn);
+  if (!p)
+    CUMEM_FAIL(CUMEM_ENODRIVER,
+               "cumem preload: no loaded library defines %s (is the CUDA runtime loaded, and "
+               "shared? a program built with nvcc's default static runtime cannot be interposed)",
+               fn_names[fn]);
+  return p;
+}
+
+void *cumem__preload_real_optional(enum preload_fn fn) { return lookup(fn); }

@@ -4,8 +4,9 @@
  *
  * It frees only what it allocated (anything else is cudaErrorInvalidValue),
  * so a cumem address that wrongly reached it is caught. The current device
- * is whatever fake_cudart_set_device() set (0 at start). Thread-safe, as the
- * real runtime is. */
+ * is whatever fake_cudart_set_device() set (0 at start); a stream is NULL
+ * (the current device's) or fake_cudart_stream(d), one of device d's.
+ * Thread-safe, as the real runtime is. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -77,6 +78,11 @@ API cudaError_t cudaGetDevice(int *d) {
 API CUresult cuCtxGetDevice(int *d) {
   calls_other++;
   return d ? (*d = device, 0) : 1;
+}
+API void *fake_cudart_stream(int d) { return (void *)(uintptr_t)(0x5000 + d); }
+API cudaError_t cudaStreamGetDevice(void *stream, int *d) {
+  calls_other++;
+  return d ? (*d = stream ? (int)((uintptr_t)stream - 0x5000) : device, 0) : 1;
 }
 API cudaError_t cudaMalloc(void **p, size_t n) {
   calls_malloc++;

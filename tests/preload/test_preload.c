@@ -32,6 +32,7 @@ int cuMemAlloc_v2(unsigned long long *p, size_t n);
 int cuMemFree_v2(unsigned long long p);
 /* The stand-in's own. */
 void fake_cudart_set_device(int d);
+void *fake_cudart_stream(int d);
 long fake_cudart_calls(const char *kind);
 int fake_cudart_owns(const void *p);
 
@@ -193,6 +194,30 @@ TEST(async_pitch_and_driver_allocations_follow_the_region) {
   CHECK(cudaFreeAsync(fa, NULL) == 0 && cudaFree(fp) == 0 && cuMemFree_v2(fd) == 0);
   CHECK(fake_cudart_calls("free") == frees + 3);
   CHECK(count_of("cudaFreeAsync").to_cumem >= 1 && count_of("cuMemFree_v2").to_cumem >= 1);
+}
+
+/* cudaMallocAsync allocates on the stream's device, not the current one;
+ * the default stream is the current device's. */
+TEST(cudaMallocAsync_allocates_on_the_streams_device) {
+  cumem_preload_region_t saved;
+  void *on1 = NULL, *on0 = NULL, *dflt = NULL;
+  CHECK_OK(P.begin("async", &saved));
+  int r1 = cudaMallocAsync(&on1, 4096, fake_cudart_stream(1)); /* device 0 is current */
+  fake_cudart_set_device(1);
+  int r0 = cudaMallocAsync(&on0, 4096, fake_cudart_stream(0));
+  int rd = cudaMallocAsync(&dflt, 4096, NULL);
+  fake_cudart_set_device(0);
+  P.end(&saved);
+  CHECK(r1 == 0 && r0 == 0 && rd == 0);
+  cumem_alloc_info_t info;
+  CHECK_OK(cumem_query(core(), on1, &info));
+  CHECK(info.device == 1 && !strcmp(info.tag, "async"));
+  CHECK_OK(cumem_query(core(), on0, &info));
+  CHECK(info.device == 0);
+  CHECK_OK(cumem_query(core(), dflt, &info));
+  CHECK(info.device == 1);
+  CHECK(cudaFreeAsync(on1, fake_cudart_stream(1)) == 0 && cudaFreeAsync(on0, NULL) == 0 &&
+        cudaFreeAsync(dflt, NULL) == 0);
 }
 
 TEST(cudaFree_hands_cumem_memory_to_cumem_and_the_rest_to_the_runtime) {
@@ -409,6 +434,7 @@ int main(int argc, char **argv) {
     static const test_case_t tests[] = {
         T(outside_a_region_calls_go_to_the_real_runtime),
         T(in_a_region_cudaMalloc_is_a_cumem_allocation_of_its_tag_and_device),
+        T(cudaMallocAsync_allocates_on_the_streams_device),
         T(region_memory_sleeps_and_wakes_bit_exact_through_the_c_api),
         T(nested_regions_restore_the_outer_one),
         T(async_pitch_and_driver_allocations_follow_the_region),
