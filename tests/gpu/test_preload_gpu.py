@@ -157,4 +157,6 @@ def test_cumem_run_on_a_plain_cuda_program(tmp_path, preload_env):
     assert res["cumem"] and res["tag"] == "tms+cpu:prog"
     assert res["freed_by_sleep"] >= 0.95 * res["bytes"] and res["backed_up"] >= res["bytes"]
     assert res["wrong_after_wake"] == 0 and res["allocations_after_free"] == 0
+    if GPUS >= 2:  # a stream of device 1 while device 0 is current
+        assert res["async_device"] == 1
     assert any("fn=cudaMalloc calls=2 to_cumem=2 " in line for line in trace)

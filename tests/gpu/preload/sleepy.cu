@@ -8,7 +8,9 @@
  *   build/cumem run --tag prog --backup cpu -- ./sleepy 256
  *
  * Exit 0: the buffer was a cumem allocation of tag tms+cpu:prog, sleep freed
- * its GPU memory, wake brought every byte back. Exit 3: cudaMalloc did not
+ * its GPU memory, wake brought every byte back (and, with two GPUs, a
+ * cudaMallocAsync on a stream of device 1 while device 0 is current was
+ * cumem memory on device 1: "async_device"). Exit 3: cudaMalloc did not
  * give cumem memory (the program was not run under the interposer). Other
  * codes: a failure, printed. The last line is "RESULT <json>". */
 #include <cuda_runtime.h>
@@ -88,11 +90,29 @@ int main(int argc, char **argv) {
   CUDA_OK(cudaMemcpy(&bad, wrong, sizeof bad, cudaMemcpyDeviceToHost));
   CUDA_OK(cudaFree(buf));
   CUDA_OK(cudaFree(wrong));
+
+  /* cudaMallocAsync allocates on its stream's device, whichever is current. */
+  int ndev = 0, async_device = -1;
+  CUDA_OK(cudaGetDeviceCount(&ndev));
+  if (ndev >= 2) {
+    cudaStream_t s1;
+    CUDA_OK(cudaSetDevice(1));
+    CUDA_OK(cudaStreamCreate(&s1));
+    CUDA_OK(cudaSetDevice(0));
+    void *p = NULL;
+    CUDA_OK(cudaMallocAsync(&p, 1 << 20, s1));
+    cumem_alloc_info_t ai;
+    CUMEM_OK(cumem_query(cm, p, &ai));
+    async_device = ai.device;
+    CUDA_OK(cudaFreeAsync(p, s1));
+    CUDA_OK(cudaStreamDestroy(s1));
+  }
   cumem_stats_t after;
   CUMEM_OK(cumem_stats(cm, info.tag, &after));
   printf("RESULT {\"cumem\": true, \"tag\": \"%s\", \"bytes\": %zu, \"freed_by_sleep\": %lld, "
-         "\"backed_up\": %zu, \"wrong_after_wake\": %llu, \"allocations_after_free\": %zu}\n",
+         "\"backed_up\": %zu, \"wrong_after_wake\": %llu, \"allocations_after_free\": %zu, "
+         "\"async_device\": %d}\n",
          info.tag, n * sizeof *buf, (long long)free1 - (long long)free0, st.bytes_backed_up, bad,
-         after.allocations);
-  return bad == 0 && after.allocations == 0 ? 0 : 1;
+         after.allocations, async_device);
+  return bad == 0 && after.allocations == 0 && (ndev < 2 || async_device == 1) ? 0 : 1;
 }
