@@ -7,7 +7,8 @@
  * (cumem_default() is the instance the interposer allocates from).
  *
  * cumem execs the program: its exit status and signals are the program's.
- * cumem's own failures exit with 125 (bad options, no interposer found),
+ * cumem's own failures exit with 125 (bad options, no interposer found, no
+ * usable directory for --backup disk),
  * 126 (the program cannot be executed) or 127 (not found), as env(1) does. */
 #define _GNU_SOURCE
 #include "cumem_preload.h"
@@ -84,6 +85,33 @@ static int prepend_preload(const char *lib) {
   return rc;
 }
 
+/* --backup disk writes files under CUMEM_DISK_DIR, or TMS_DISK_BACKUP_DIR
+ * (which the interposer creates): checked now, by the core's own rules (an
+ * instance of the host backend opened with it), so that a bad directory is
+ * said here, not as the program's first failed cudaMalloc or sleep. The
+ * open also refuses any other malformed CUMEM_* setting, as the program's
+ * would. */
+static int check_disk_dir(void) {
+  const char *dir = getenv("CUMEM_DISK_DIR");
+  if (!dir || !*dir) {
+    const char *tms = getenv("TMS_DISK_BACKUP_DIR");
+    if (tms && *tms) return 0;
+    fprintf(stderr, "cumem run: --backup disk needs a directory for the backup files: set CUMEM_DISK_DIR=DIR\n");
+    return RUN_FAILED;
+  }
+  cumem_options_t o;
+  cumem_options_init(&o);
+  o.backend = "host";
+  o.disk_dir = dir;
+  cumem_t *cm = NULL;
+  if (cumem_open(&cm, &o) != 0) {
+    fprintf(stderr, "cumem run: --backup disk: %s\n", cumem_last_error());
+    return RUN_FAILED;
+  }
+  (void)cumem_close(cm);
+  return 0;
+}
+
 int cmd_run(int argc, char **argv) {
   static const struct option options[] = {
       {"tag", required_argument, NULL, 't'},
@@ -113,6 +141,7 @@ int cmd_run(int argc, char **argv) {
     fprintf(stderr, "cumem run: --backup %s: expected cpu, disk or none\n", backup);
     return RUN_FAILED;
   }
+  if (!strcmp(backup, "disk") && check_disk_dir()) return RUN_FAILED;
 
   char lib[PATH_MAX], tried[4 * PATH_MAX + 64];
   if (find_library(lib, tried, sizeof tried)) {

@@ -25,6 +25,11 @@ expect 127 "no such program" "$cumem" run -- /nonexistent/program
 expect 125 "no program" "$cumem" run --tag x
 expect 125 "a bad --backup" "$cumem" run --backup tape -- true
 expect 125 "an empty --tag" "$cumem" run --tag "" -- true
+expect 125 "--backup disk without a directory" env -u CUMEM_DISK_DIR -u TMS_DISK_BACKUP_DIR "$cumem" run --backup disk -- true
+grep -q "CUMEM_DISK_DIR" "${TMPDIR:-/tmp}/cumem_run_test.$$" || { echo "FAILED: the message names CUMEM_DISK_DIR"; fail=1; }
+expect 125 "--backup disk into a missing directory" env CUMEM_DISK_DIR=/nonexistent/dir "$cumem" run --backup disk -- true
+grep -q "/nonexistent/dir" "${TMPDIR:-/tmp}/cumem_run_test.$$" || { echo "FAILED: the message names the directory"; fail=1; }
+expect 0 "--backup disk into a usable directory" env CUMEM_DISK_DIR="${TMPDIR:-/tmp}" "$cumem" run --backup disk -- true
 expect 125 "no interposer to be found" env CUMEM_PRELOAD_LIBRARY=/nonexistent/libcumem_preload.so "$cumem" run -- true
 grep -q "CUMEM_PRELOAD_LIBRARY" "${TMPDIR:-/tmp}/cumem_run_test.$$" || { echo "FAILED: the missing-library message names CUMEM_PRELOAD_LIBRARY"; fail=1; }
 rm -f "${TMPDIR:-/tmp}/cumem_run_test.$$"
