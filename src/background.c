@@ -88,33 +88,70 @@ static void log_idle(cumem_t *cm) {
   cm->bg.given_back = cm->bg.prepared = 0;
 }
 
+/* The allocations in table order, starting at the one whose address is
+ * *resume (the one the last step of this kind worked on, if it still
+ * exists) and wrapping around, until `wants` accepts one: it becomes the
+ * resume point. Work is found where the last was, so a pass over N
+ * allocations costs O(N) in all, not O(N) per step; by address, because
+ * an allocation freed between steps must not be dereferenced. */
+static alloc_t *next_work(cumem_t *cm, uintptr_t *resume, int (*wants)(alloc_t *a, void *ctx), void *ctx) {
+  alloc_t *start = *resume ? cumem__table_find(&cm->table, *resume) : NULL;
+  if (!start) start = cm->table.first;
+  for (int lap = 0; lap < 2; lap++) {
+    for (alloc_t *a = lap ? cm->table.first : start; a && (!lap || a != start); a = a->next) {
+      if (wants(a, ctx)) {
+        *resume = a->va;
+        return a;
+      }
+    }
+  }
+  *resume = 0;
+  return NULL;
+}
+
+static int wants_give_back(alloc_t *a, void *ctx) {
+  (void)ctx;
+  return a->backup.give_back;
+}
+
+typedef struct ahead_scan {
+  double now, *due;
+  int ignore_delay;
+} ahead_scan_t;
+
+/* An allocation to prepare ahead now. Those a sleep or free took over (or
+ * whose backup is a file) are marked done on the way; those whose tag is
+ * not due yet set *due to the earliest time one is. */
+static int wants_prepare(alloc_t *a, void *ctx) {
+  ahead_scan_t *scan = ctx;
+  if (a->ahead != AHEAD_WANTED) return 0;
+  if (a->freeing || cumem__is_asleep(a) || cumem__backs_up_to_disk(a)) {
+    a->ahead = AHEAD_DONE;
+    return 0;
+  }
+  if (!scan->ignore_delay && a->tag->ahead_due > scan->now) {
+    if (!*scan->due || a->tag->ahead_due < *scan->due) *scan->due = a->tag->ahead_due;
+    return 0;
+  }
+  return 1;
+}
+
 int cumem__background_step(cumem_t *cm, int ignore_delay, double *due) {
   *due = 0;
-  alloc_t *work = NULL;
   /* Giving back first: that is host memory the user waits for. */
-  for (alloc_t *a = cm->table.first; a && !work; a = a->next)
-    if (a->backup.give_back) work = a;
+  alloc_t *work = next_work(cm, &cm->bg.give_back_at, wants_give_back, NULL);
   if (work) {
     if (!cm->bg.busy_since) cm->bg.busy_since = cumem__now();
     give_back_step(cm, work);
     return 1;
   }
-  double now = cumem__now();
-  for (alloc_t *a = cm->table.first; a && !work; a = a->next) {
-    if (a->ahead != AHEAD_WANTED) continue;
-    if (a->freeing || cumem__is_asleep(a) || cumem__backs_up_to_disk(a)) {
-      a->ahead = AHEAD_DONE; /* a sleep or free took over, or its backup is a file */
-    } else if (!ignore_delay && a->tag->ahead_due > now) {
-      if (!*due || a->tag->ahead_due < *due) *due = a->tag->ahead_due;
-    } else {
-      work = a;
-    }
-  }
+  ahead_scan_t scan = {cumem__now(), due, ignore_delay};
+  work = next_work(cm, &cm->bg.prepare_at, wants_prepare, &scan);
   if (!work) {
     log_idle(cm);
     return 0;
   }
-  if (!cm->bg.busy_since) cm->bg.busy_since = now;
+  if (!cm->bg.busy_since) cm->bg.busy_since = scan.now;
   prepare_step(cm, work);
   return 1;
 }

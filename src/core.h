@@ -101,6 +101,8 @@ typedef struct cumem__background {
   int held;               /* tests: the thread does no step (instance lock) */
   int error;              /* first failure not yet reported (instance lock) */
   cumem__error_save_t detail;
+  uintptr_t give_back_at, prepare_at; /* where the last step of each kind
+                             worked: the next one looks there first */
   double busy_since;      /* for the log: 0 when idle */
   size_t given_back, prepared; /* bytes, since busy_since */
 } cumem__background_t;

@@ -396,6 +396,44 @@ TEST(prepare_backup_async_pins_now) {
   CHECK_OK(cumem_close(cm));
 }
 
+/* The worker resumes where its last step worked, found again by address:
+ * an allocation freed between two steps is never touched, and work asked
+ * for earlier in the table is found once the scan wraps around. */
+TEST(work_resumes_after_a_free_and_wraps_around) {
+  cumem_options_t o;
+  options(&o, 1);
+  cumem_t *cm;
+  CHECK_OK(open_counting(&cm, NULL, &o));
+  cumem_testing_hold_background(cm, 1);
+  size_t g = granularity();
+  void *a, *b, *c;
+  CHECK_OK(cumem_alloc(cm, &a, 4 * g, 0, "p"));
+  CHECK_OK(cumem_alloc(cm, &b, 4 * g, 0, "q"));
+  CHECK_OK(cumem_alloc(cm, &c, 4 * g, 0, "p"));
+  const char *P[] = {"p", NULL}, *Q[] = {"q", NULL};
+  CHECK_OK(cumem_prepare_backup_async(cm, P));
+  CHECK(cumem_testing_background_steps(cm, 1) == 1); /* a begun */
+  CHECK_OK(cumem_free(cm, a));                         /* under the worker's resume point */
+  cumem_stats_t s = {0};
+  for (int i = 0; i < 1000 && s.bytes_host_pinned == 0; i++) { /* until c is partly pinned */
+    CHECK(cumem_testing_background_steps(cm, 1) == 1);
+    CHECK_OK(cumem_stats(cm, "p", &s));
+  }
+  CHECK(s.bytes_host_pinned > 0 && s.bytes_host_pinned < 4 * g);
+  CHECK_OK(cumem_prepare_backup_async(cm, Q)); /* b: before c in the table */
+  CHECK(cumem_testing_background_steps(cm, 10000) > 0);
+  CHECK(cumem_testing_background_steps(cm, 1) == 0); /* all done */
+  CHECK_OK(cumem_stats(cm, "p", &s));
+  CHECK(s.bytes_host_pinned == 4 * g);
+  CHECK_OK(cumem_stats(cm, "q", &s));
+  CHECK(s.bytes_host_pinned == 4 * g);
+  cumem_testing_hold_background(cm, 0);
+  CHECK_OK(cumem_free(cm, b));
+  CHECK_OK(cumem_free(cm, c));
+  CHECK(counters_zero(cm));
+  CHECK_OK(cumem_close(cm));
+}
+
 /* Prepare-ahead racing allocation, free, sleep and wake from other threads:
  * every byte survives, nothing leaks, and retention off gives it all back. */
 typedef struct race {
@@ -550,5 +588,5 @@ RUN_TESTS("background", T(wake_without_retention_gives_back_in_the_background),
           T(failed_give_back_is_reported_once_and_loses_nothing),
           T(failed_prepare_ahead_is_reported_and_the_sleep_prepares),
           T(prepare_ahead_pins_the_listed_tags_once_they_stop_growing), T(prepare_backup_async_pins_now),
-          T(prepare_ahead_races_alloc_free_and_sleep), T(close_while_the_worker_is_busy_leaks_nothing),
+          T(work_resumes_after_a_free_and_wraps_around), T(prepare_ahead_races_alloc_free_and_sleep), T(close_while_the_worker_is_busy_leaks_nothing),
           T(fork_child_neither_waits_for_nor_touches_the_worker))
