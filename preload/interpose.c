@@ -2,7 +2,8 @@
  *
  * Allocating calls: in a region, a cumem allocation on the current device
  * (cudaMallocAsync: the stream's) under the region's tag, remembered in the
- * owned set; otherwise the real function. A zero-byte request is always forwarded (it holds no memory).
+ * owned set; otherwise the real function. A zero-byte request is always
+ * forwarded (it holds no memory).
  * Freeing calls: an address from the owned set is freed by cumem, anything
  * else goes to the real function. Trace-only calls are counted and
  * forwarded.
