@@ -137,9 +137,11 @@ static int run_tests(const char *suite, const test_case_t *tests, size_t n) {
     int before = harness_failures;
     printf("[ RUN  ] %s.%s (%s)\n", suite, tests[i].name, test_backend());
     fflush(stdout);
+    double t0 = now_s();
     tests[i].fn();
-    if (harness_failures == before) { passed++; printf("[  OK  ] %s.%s\n", suite, tests[i].name); }
-    else { failed++; printf("[ FAIL ] %s.%s\n", suite, tests[i].name); }
+    double took = now_s() - t0; /* where a slow suite spends its time */
+    if (harness_failures == before) { passed++; printf("[  OK  ] %s.%s (%.2f s)\n", suite, tests[i].name, took); }
+    else { failed++; printf("[ FAIL ] %s.%s (%.2f s)\n", suite, tests[i].name, took); }
   }
   probe->destroy(probe);
   printf("%d passed, %d failed\n", passed, failed);
