@@ -33,6 +33,9 @@ CUMEM_API void cumem_testing_hold_background(cumem_t *cm, int hold);
 /* Run up to n steps of background work on this thread (delays ignored);
  * returns how many ran (fewer: nothing was left). */
 CUMEM_API int cumem_testing_background_steps(cumem_t *cm, int n);
+/* How many instances' background workers are running, process-wide: the
+ * ones stopped at exit. */
+CUMEM_API int cumem_testing_running_workers(void);
 /* The disk tier's file operations, for tests: before each one, `fn` (when
  * set) is called with its name — "tmpfile" (create an unnamed file),
  * "mkstemp" (the named fallback), "unlink", "direct" (turn on O_DIRECT),

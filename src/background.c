@@ -167,16 +167,16 @@ int cumem__background_take_error(cumem_t *cm) {
 
 /* ---- the thread ---------------------------------------------------------- */
 
-/* Instances whose worker runs, for stopping them all at exit. */
+/* Instances whose worker runs, for stopping them all at exit: a list
+ * linked through bg.next_running, as long as there are instances. */
 static pthread_mutex_t running_mu = PTHREAD_MUTEX_INITIALIZER;
-static cumem_t *running[64];
+static cumem_t *running;
 static pthread_once_t atexit_once = PTHREAD_ONCE_INIT;
 
 static void stop_all_at_exit(void) {
   for (;;) {
     pthread_mutex_lock(&running_mu);
-    cumem_t *cm = NULL;
-    for (size_t i = 0; i < sizeof running / sizeof running[0] && !cm; i++) cm = running[i];
+    cumem_t *cm = running;
     pthread_mutex_unlock(&running_mu);
     if (!cm) return;
     cumem__background_stop(cm); /* removes it from the list */
@@ -193,12 +193,13 @@ static void install_atexit(void) {
 
 static void list_running(cumem_t *cm, int add) {
   pthread_mutex_lock(&running_mu);
-  for (size_t i = 0; i < sizeof running / sizeof running[0]; i++) {
-    if (add && !running[i]) {
-      running[i] = cm;
-      break;
-    }
-    if (!add && running[i] == cm) running[i] = NULL;
+  cumem_t **at = &running;
+  while (*at && *at != cm) at = &(*at)->bg.next_running;
+  if (add && !*at) {
+    cm->bg.next_running = NULL;
+    *at = cm;
+  } else if (!add && *at) {
+    *at = cm->bg.next_running;
   }
   pthread_mutex_unlock(&running_mu);
 }
@@ -318,6 +319,14 @@ void cumem_testing_hold_background(cumem_t *cm, int hold) {
   cm->bg.held = hold != 0;
   if (!hold) cumem__background_kick(cm);
   cumem__lock_release(&cm->lock);
+}
+
+int cumem_testing_running_workers(void) {
+  int n = 0;
+  pthread_mutex_lock(&running_mu);
+  for (cumem_t *cm = running; cm; cm = cm->bg.next_running) n++;
+  pthread_mutex_unlock(&running_mu);
+  return n;
 }
 
 int cumem_testing_background_steps(cumem_t *cm, int n) {

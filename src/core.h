@@ -103,6 +103,7 @@ typedef struct cumem__background {
   cumem__error_save_t detail;
   uintptr_t give_back_at, prepare_at; /* where the last step of each kind
                              worked: the next one looks there first */
+  struct cumem *next_running; /* the list of running workers (background.c) */
   double busy_since;      /* for the log: 0 when idle */
   size_t given_back, prepared; /* bytes, since busy_since */
 } cumem__background_t;

@@ -547,6 +547,30 @@ TEST(close_while_the_worker_is_busy_leaks_nothing) {
   }
 }
 
+/* Every running worker is on the list that exit stops (a fixed table once
+ * held 64: the 65th instance's worker ran on while the process exited). */
+TEST(every_running_worker_is_listed_for_exit) {
+  enum { N = 70 };
+  cumem_t *cms[N];
+  void *ptrs[N];
+  int base = cumem_testing_running_workers();
+  size_t g = granularity();
+  for (int i = 0; i < N; i++) {
+    cumem_options_t o;
+    options(&o, 1);
+    CHECK_OK(test_open(&cms[i], NULL, &o));
+    CHECK_OK(cumem_alloc(cms[i], &ptrs[i], g, 0, "w"));
+    CHECK_OK(cumem_prepare_backup_async(cms[i], W)); /* starts its worker */
+  }
+  CHECK(cumem_testing_running_workers() == base + N);
+  for (int i = 0; i < N; i++) {
+    CHECK_OK(cumem_drain(cms[i]));
+    CHECK_OK(cumem_free(cms[i], ptrs[i]));
+    CHECK_OK(cumem_close(cms[i])); /* stops it and takes it off the list */
+  }
+  CHECK(cumem_testing_running_workers() == base);
+}
+
 /* A fork child has no worker: its calls fail with CUMEM_EFORKED and it
  * exits without waiting for one (the exit handler skips its instances). */
 TEST(fork_child_neither_waits_for_nor_touches_the_worker) {
@@ -589,4 +613,5 @@ RUN_TESTS("background", T(wake_without_retention_gives_back_in_the_background),
           T(failed_prepare_ahead_is_reported_and_the_sleep_prepares),
           T(prepare_ahead_pins_the_listed_tags_once_they_stop_growing), T(prepare_backup_async_pins_now),
           T(work_resumes_after_a_free_and_wraps_around), T(prepare_ahead_races_alloc_free_and_sleep), T(close_while_the_worker_is_busy_leaks_nothing),
+          T(every_running_worker_is_listed_for_exit),
           T(fork_child_neither_waits_for_nor_touches_the_worker))
