@@ -5,6 +5,7 @@
 #include "tool.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,20 +50,34 @@ void tool_command_usage(const tool_command_t *cmd, FILE *out) {
                  "a bare number is GiB.\n");
 }
 
+/* The first refusal of the command line, printed on stderr and kept for
+ * the JSON document (--json: one document, also when the arguments fail). */
+static char refusal[512];
+
+__attribute__((format(printf, 1, 2))) static void refuse(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  char text[sizeof refusal];
+  vsnprintf(text, sizeof text, fmt, ap);
+  va_end(ap);
+  fprintf(stderr, "%s\n", text);
+  if (!refusal[0]) snprintf(refusal, sizeof refusal, "%s", text);
+}
+
 /* A size option: units as in cumem__parse_size, a bare number is GiB. */
 static int parse_size_option(const char *cmd, const char *name, const char *text, size_t *out) {
   const char *why = NULL;
   size_t bytes = 0;
   if (cumem__parse_size(text, GiB, &bytes, &why) != 0) {
-    fprintf(stderr, "cumem %s: --%s %s: %s\n", cmd, name, text, why);
+    refuse("cumem %s: --%s %s: %s", cmd, name, text, why);
     return -1;
   }
   if (bytes == 0) {
-    fprintf(stderr, "cumem %s: --%s %s: must be at least 1 byte\n", cmd, name, text);
+    refuse("cumem %s: --%s %s: must be at least 1 byte", cmd, name, text);
     return -1;
   }
   if (bytes > TOOL_MAX_SIZE) {
-    fprintf(stderr, "cumem %s: --%s %s: too large (at most 1024T)\n", cmd, name, text);
+    refuse("cumem %s: --%s %s: too large (at most 1024T)", cmd, name, text);
     return -1;
   }
   *out = bytes;
@@ -75,11 +90,11 @@ static int parse_count_option(const char *cmd, const char *name, const char *tex
   errno = 0;
   long v = (text[0] >= '0' && text[0] <= '9') ? strtol(text, &end, 10) : -1;
   if (v < 0 || !end || *end) {
-    fprintf(stderr, "cumem %s: --%s %s: not a whole number\n", cmd, name, text);
+    refuse("cumem %s: --%s %s: not a whole number", cmd, name, text);
     return -1;
   }
   if (v < 1 || v > max || errno == ERANGE) {
-    fprintf(stderr, "cumem %s: --%s %s: out of range (1 to %ld)\n", cmd, name, text, max);
+    refuse("cumem %s: --%s %s: out of range (1 to %ld)", cmd, name, text, max);
     return -1;
   }
   *out = (int)v;
@@ -90,23 +105,50 @@ static int parse_count_option(const char *cmd, const char *name, const char *tex
  * argv[optind - 1], unknown or a flag given a value ("--json=1"). */
 static void report_refused(const tool_command_t *cmd, const char *arg, int optchar) {
   if (optchar > 0 && optchar < 256) {
-    fprintf(stderr, "cumem %s: unknown option -%c\n", cmd->name, optchar);
+    refuse("cumem %s: unknown option -%c", cmd->name, optchar);
   } else if (strncmp(arg, "--", 2) == 0) {
     size_t len = strcspn(arg + 2, "=");
     for (size_t i = 0; i < NOPTIONS; i++)
       if ((cmd->options & options[i].bit) && !options[i].arg && arg[2 + len] == '=' &&
           strncmp(options[i].opt.name, arg + 2, len) == 0 && options[i].opt.name[len] == '\0') {
-        fprintf(stderr, "cumem %s: --%s takes no value\n", cmd->name, options[i].opt.name);
+        refuse("cumem %s: --%s takes no value", cmd->name, options[i].opt.name);
         return;
       }
-    fprintf(stderr, "cumem %s: unknown option --%.*s\n", cmd->name, (int)len, arg + 2);
+    refuse("cumem %s: unknown option --%.*s", cmd->name, (int)len, arg + 2);
   } else {
-    fprintf(stderr, "cumem %s: unknown option %s\n", cmd->name, arg);
+    refuse("cumem %s: unknown option %s", cmd->name, arg);
   }
+}
+
+/* A refused command line: exit 2, and with --json anywhere on it (even
+ * after the refused option) one JSON document saying why. */
+static int refused_line(const tool_command_t *cmd, int argc, char **argv) {
+  int json = 0;
+  for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++) json |= strcmp(argv[i], "--json") == 0;
+  if (json && (cmd->options & TOOL_OPT_JSON)) {
+    json_t j;
+    tool_json_begin(&j, stdout, cmd->name);
+    json_bool(&j, "ok", 0);
+    json_int(&j, "exit_code", TOOL_EXIT_USAGE);
+    tool_json_error(&j, "arguments", CUMEM_EINVAL, refusal);
+    json_end(&j);
+    json_finish(&j);
+  }
+  return TOOL_EXIT_USAGE;
+}
+
+/* --backend: judged by the options table, as cumem_open would judge it. */
+static int parse_backend_option(const char *cmd, const char *text) {
+  cumem_options_t o;
+  cumem_options_init(&o);
+  if (cumem_options_set(&o, "backend", text) == 0) return 0;
+  refuse("cumem %s: --backend: %s", cmd, cumem_last_error()); /* it names the value */
+  return -1;
 }
 
 int tool_parse_args(const tool_command_t *cmd, int argc, char **argv, tool_args_t *a) {
   memset(a, 0, sizeof *a);
+  refusal[0] = '\0';
   a->rounds = 3;
   struct option longopts[NOPTIONS + 2];
   size_t n = 0;
@@ -126,14 +168,17 @@ int tool_parse_args(const tool_command_t *cmd, int argc, char **argv, tool_args_
     switch (c) {
     case 'h':
     case KEY_HELP: tool_command_usage(cmd, stdout); return TOOL_EXIT_OK;
-    case KEY_BACKEND: a->backend = val; break;
+    case KEY_BACKEND:
+      bad = parse_backend_option(cmd->name, val);
+      a->backend = val;
+      break;
     case KEY_SIZE: bad = parse_size_option(cmd->name, "size", val, &a->weights); break;
     case KEY_KV: bad = parse_size_option(cmd->name, "kv", val, &a->kv); break;
     case KEY_ROUNDS: bad = parse_count_option(cmd->name, "rounds", val, TOOL_MAX_ROUNDS, &a->rounds); break;
     case KEY_JSON: a->json = 1; break;
     case KEY_QUIET: a->quiet = 1; break;
     case ':':
-      fprintf(stderr, "cumem %s: %s needs a value\n", cmd->name, argv[optind - 1]);
+      refuse("cumem %s: %s needs a value", cmd->name, argv[optind - 1]);
       bad = 1;
       break;
     default:
@@ -142,12 +187,12 @@ int tool_parse_args(const tool_command_t *cmd, int argc, char **argv, tool_args_
     }
     if (bad) {
       fprintf(stderr, "(cumem %s --help lists the options)\n", cmd->name);
-      return TOOL_EXIT_USAGE;
+      return refused_line(cmd, argc, argv);
     }
   }
   if (optind < argc) {
-    fprintf(stderr, "cumem %s: unexpected argument %s\n", cmd->name, argv[optind]);
-    return TOOL_EXIT_USAGE;
+    refuse("cumem %s: unexpected argument %s", cmd->name, argv[optind]);
+    return refused_line(cmd, argc, argv);
   }
   return -1;
 }

@@ -68,8 +68,10 @@ void tool_json_end(json_t *j, int exit_code) {
 int tool_open(const tool_args_t *a, const char *command, cumem_t **cm) {
   cumem_options_t o;
   cumem_options_init(&o);
-  if (a->backend) o.backend = a->backend;
-  int rc = cumem_open(cm, &o);
+  /* Set as an option, so that --backend replaces a malformed CUMEM_BACKEND
+   * rather than being refused with it. */
+  int rc = a->backend ? cumem_options_set(&o, "backend", a->backend) : 0;
+  if (!rc) rc = cumem_open(cm, &o);
   if (rc) {
     tool_fail("open", rc);
     if (a->json) {

@@ -68,11 +68,11 @@ def info_reports_each_device():
 
 @case
 def info_open_failure_is_still_a_document():
-    doc, err = run(["info", "--json", "--backend", "nosuch"], code=1)
+    doc, err = run(["info", "--json"], env={"CUMEM_COPY_CHUNK_MB": "0"}, code=1)
     common(doc, "info", False)
     e = doc["error"]
     assert e["step"] == "open" and e["name"] == "CUMEM_EINVAL" and e["code"] < 0, e
-    assert 'unknown backend "nosuch"' in e["detail"], e
+    assert 'CUMEM_COPY_CHUNK_MB="0"' in e["detail"], e
     assert b"open failed" in err  # and the text error on stderr
 
 
@@ -83,7 +83,7 @@ def strings_are_escaped():
     name = b'q"uo\\te\n\t\x01\x7f \xc3\xa9 \xff\xfe end'
     p = subprocess.run([os.fsencode(CUMEM), b"info", b"--json", b"--backend", name], capture_output=True,
                        env=ENV, timeout=60)
-    assert p.returncode == 1, p.returncode
+    assert p.returncode == 2, p.returncode  # a bad value: the line is refused, still as a document
     doc = json.loads(p.stdout.decode("utf-8"))
     want = 'q"uo\\te\n\t\x01\x7f \u00e9 \ufffd\ufffd end'
     assert f'unknown backend "{want}"' in doc["error"]["detail"], doc["error"]["detail"]
@@ -175,6 +175,27 @@ def progress_only_on_a_terminal():
         quiet = b""
     os.close(master)
     assert p.returncode == 0 and quiet == b"", quiet
+
+
+@case
+def a_refused_command_line_is_still_a_document():
+    # --json after the refused option counts too; the exit code is 2.
+    for args, says in ((["demo", "--size", "nan", "--json"], "--size nan"),
+                       (["info", "--json", "--bogus"], "unknown option --bogus"),
+                       (["bench", "--json", "stray"], "unexpected argument stray"),
+                       (["info", "--json", "--backend", "tape"], "unknown backend")):
+        doc, _ = run(args, code=2)
+        assert doc["command"] == args[0] and doc["ok"] is False and doc["exit_code"] == 2, doc
+        assert doc["error"]["step"] == "arguments" and says in doc["error"]["detail"], doc["error"]
+
+
+@case
+def backend_option_replaces_a_malformed_environment():
+    doc, _ = run(["info", "--json", "--backend", "host"], env={"CUMEM_BACKEND": "bogus"})
+    common(doc, "info", True)
+    doc, _ = run(["info", "--json"], env={"CUMEM_BACKEND": "bogus"}, code=1)  # refused without it
+    common(doc, "info", False)
+    assert "CUMEM_BACKEND" in doc["error"]["detail"], doc["error"]
 
 
 print(f"{passed} passed, {failed} failed")
