@@ -43,8 +43,9 @@ static int is_readable(const char *path) { return access(path, R_OK) == 0; }
 
 /* The interposer: $CUMEM_PRELOAD_LIBRARY, else next to this executable (a
  * CMake build tree), one directory up (the Python package: cumem/bin/cumem
- * beside cumem/libcumem_preload.so) or in ../lib, ../lib64 (an installed
- * prefix). The absolute path goes to *out; the places tried to *tried. */
+ * beside cumem/libcumem_preload.so), or in the installed libdir (the
+ * configured one, then ../lib, ../lib64). The absolute path goes to *out;
+ * the places tried to *tried. */
 static int find_library(char out[PATH_MAX], char *tried, size_t tried_len) {
   const char *env = getenv("CUMEM_PRELOAD_LIBRARY");
   if (env && *env) {
@@ -60,7 +61,12 @@ static int find_library(char out[PATH_MAX], char *tried, size_t tried_len) {
   exe[n] = '\0';
   char *slash = strrchr(exe, '/');
   if (slash) *slash = '\0';
-  static const char *const dirs[] = {"", "/..", "/../lib", "/../lib64"};
+#ifndef CUMEM_BIN_TO_LIB
+#define CUMEM_BIN_TO_LIB "../lib"
+#endif
+  /* The build tree, the Python package, the installed libdir (as CMake
+   * configured it: multiarch ones included), then the common ones. */
+  static const char *const dirs[] = {"", "/..", "/" CUMEM_BIN_TO_LIB, "/../lib", "/../lib64"};
   tried[0] = '\0';
   for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
     char path[PATH_MAX + 32];
@@ -143,7 +149,7 @@ int cmd_run(int argc, char **argv) {
   }
   if (!strcmp(backup, "disk") && check_disk_dir()) return RUN_FAILED;
 
-  char lib[PATH_MAX], tried[4 * PATH_MAX + 64];
+  char lib[PATH_MAX], tried[5 * PATH_MAX + 64];
   if (find_library(lib, tried, sizeof tried)) {
     fprintf(stderr,
             "cumem run: cannot find %s (tried %s).\n"

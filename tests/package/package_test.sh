@@ -32,6 +32,10 @@ install)
   [ "$(readlink "$lib/libcumem.so.$major")" = "libcumem.so.$version" ] || fail "libcumem.so.$major does not point to libcumem.so.$version"
   got=$("$prefix/bin/cumem" --version)
   [ "$got" = "cumem $version" ] || fail "installed cumem --version says '$got', expected 'cumem $version'"
+  # The installed `cumem run` finds the interposer installed beside the library.
+  pre=$(env -u CUMEM_PRELOAD_LIBRARY "$prefix/bin/cumem" run -- sh -c 'echo "$LD_PRELOAD"') ||
+    fail "installed cumem run failed"
+  [ "$pre" = "$(cd "$lib" && pwd -P)/libcumem_preload.so" ] || fail "installed cumem run preloads '$pre', expected $lib/libcumem_preload.so"
   echo "installed cumem $version into $prefix"
   ;;
 find_package)
