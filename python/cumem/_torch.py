@@ -66,21 +66,36 @@ def _set_allocator_settings(settings):
     setter(settings)
 
 
+# Blocks inside _expandable_segments_off, process-wide: the setting is
+# PyTorch's, one for the process, so the first block in turns expandable
+# segments off and the last one out turns them on again (nested regions,
+# graphs captured in a region, other threads' regions).
+_expandable_lock = threading.Lock()
+_expandable_holders = 0
+
+
 @contextlib.contextmanager
 def _expandable_segments_off():
     # A MemPool with a custom allocator cannot use expandable segments
     # (pytorch#147851); turn them off inside and restore them after, as vLLM
     # does. PyTorch reads the setting from PYTORCH_CUDA_ALLOC_CONF (or
     # PYTORCH_ALLOC_CONF).
+    global _expandable_holders
     conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "") + "," + os.environ.get("PYTORCH_ALLOC_CONF", "")
     enabled = "expandable_segments:True" in conf
     if enabled:
-        _set_allocator_settings("expandable_segments:False")
+        with _expandable_lock:
+            if _expandable_holders == 0:
+                _set_allocator_settings("expandable_segments:False")
+            _expandable_holders += 1
     try:
         yield
     finally:
         if enabled:
-            _set_allocator_settings("expandable_segments:True")
+            with _expandable_lock:
+                _expandable_holders -= 1
+                if _expandable_holders == 0:
+                    _set_allocator_settings("expandable_segments:True")
 
 
 @contextlib.contextmanager
