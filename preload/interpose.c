@@ -17,6 +17,7 @@
 #include <limits.h>
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -99,9 +100,25 @@ static int stream_device(cudaStream_t stream, int *dev) {
                                        stream, e);
 }
 
+/* mkdir -p: `path` and any parent missing (torch_memory_saver users name
+ * per-rank subdirectories of directories that may not exist yet). */
+static int make_dirs(const char *path) {
+  char p[PATH_MAX];
+  if (snprintf(p, sizeof p, "%s", path) >= (int)sizeof p) return ENAMETOOLONG;
+  for (char *c = p + 1;; c++) {
+    if (*c != '/' && *c) continue;
+    char was = *c;
+    *c = '\0';
+    if (mkdir(p, 0700) != 0 && errno != EEXIST) return errno;
+    if (!was) return 0;
+    *c = was;
+  }
+}
+
 /* A "tms+disk:" tag backs up to files: give it that option (once set, it
  * stays), and the instance a directory from TMS_DISK_BACKUP_DIR when it has
- * none (torch_memory_saver's variable; CUMEM_DISK_DIR is the core's own). */
+ * none (torch_memory_saver's variable, created with its parents if missing;
+ * CUMEM_DISK_DIR is the core's own). */
 static int prepare_disk_tag(cumem_t *cm, const char *tag) {
   if (strncmp(tag, CUMEM_PRELOAD_TAG_DISK, sizeof CUMEM_PRELOAD_TAG_DISK - 1) != 0) return 0;
   cumem_tag_options_t o;
@@ -112,12 +129,23 @@ static int prepare_disk_tag(cumem_t *cm, const char *tag) {
   const char *tms_dir = getenv("TMS_DISK_BACKUP_DIR");
   int rc = 0;
   if (tms_dir && *tms_dir && cumem_get_disk_dir(cm, dir, sizeof dir) == 0 && !dir[0]) {
-    if (mkdir(tms_dir, 0700) != 0 && errno != EEXIST)
-      return CUMEM_FAIL(CUMEM_EINVAL, "cumem preload: TMS_DISK_BACKUP_DIR=%s: mkdir: %s", tms_dir,
-                        strerror(errno));
+    int err = make_dirs(tms_dir);
+    if (err)
+      return CUMEM_FAIL(CUMEM_EINVAL, "cumem preload: TMS_DISK_BACKUP_DIR=%s: mkdir: %s", tms_dir, strerror(err));
     rc = cumem_set_disk_dir(cm, tms_dir);
   }
   return rc ? rc : cumem_tag_set_options(cm, tag, &o);
+}
+
+/* The first failure of a kind, once on stderr: a program sees only
+ * cudaErrorMemoryAllocation (PyTorch: "CUDA out of memory"), and the
+ * detail in cumem_last_error() is the allocating thread's alone. */
+static _Atomic int core_refused, disk_refused;
+
+static void report_once(_Atomic int *reported, const char *what) {
+  if (atomic_exchange(reported, 1)) return;
+  fprintf(stderr, "cumem preload: %s, so allocations in regions fail as out of memory: %s\n", what,
+          cumem_last_error());
 }
 
 /* A cumem allocation of `size` bytes on `device` under the thread's region
@@ -126,7 +154,8 @@ static int region_alloc(void **out, size_t size, int device) {
   const char *tag = cumem__preload_region()->tag;
   cumem_t *cm = NULL;
   int rc = cumem_default(&cm);
-  if (!rc) rc = prepare_disk_tag(cm, tag);
+  if (rc) report_once(&core_refused, "cannot open the cumem instance");
+  if (!rc && (rc = prepare_disk_tag(cm, tag))) report_once(&disk_refused, "cannot set up the disk backup");
   if (!rc) rc = cumem_alloc(cm, out, size, device, tag);
   if (!rc && cumem__preload_owned_add((uintptr_t)*out)) {
     (void)cumem_free(cm, *out); /* a fresh allocation: nothing uses it yet */

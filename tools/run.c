@@ -7,8 +7,8 @@
  * (cumem_default() is the instance the interposer allocates from).
  *
  * cumem execs the program: its exit status and signals are the program's.
- * cumem's own failures exit with 125 (bad options, no interposer found, no
- * usable directory for --backup disk),
+ * cumem's own failures exit with 125 (bad options, a malformed CUMEM_*
+ * setting, no usable directory for --backup disk, no interposer found),
  * 126 (the program cannot be executed) or 127 (not found), as env(1) does. */
 #define _GNU_SOURCE
 #include "cumem_preload.h"
@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define PRELOAD_NAME "libcumem_preload.so"
@@ -91,27 +92,46 @@ static int prepend_preload(const char *lib) {
   return rc;
 }
 
-/* --backup disk writes files under CUMEM_DISK_DIR, or TMS_DISK_BACKUP_DIR
- * (which the interposer creates): checked now, by the core's own rules (an
- * instance of the host backend opened with it), so that a bad directory is
- * said here, not as the program's first failed cudaMalloc or sleep. The
- * open also refuses any other malformed CUMEM_* setting, as the program's
- * would. */
-static int check_disk_dir(void) {
-  const char *dir = getenv("CUMEM_DISK_DIR");
-  if (!dir || !*dir) {
-    const char *tms = getenv("TMS_DISK_BACKUP_DIR");
-    if (tms && *tms) return 0;
-    fprintf(stderr, "cumem run: --backup disk needs a directory for the backup files: set CUMEM_DISK_DIR=DIR\n");
-    return RUN_FAILED;
+/* TMS_DISK_BACKUP_DIR is created by the interposer, parents included: it
+ * will be if its nearest existing ancestor is a directory we may write. */
+static int creatable_dir(const char *path) {
+  char p[PATH_MAX];
+  if (snprintf(p, sizeof p, "%s", path) >= (int)sizeof p) return 0;
+  for (;;) {
+    struct stat st;
+    if (stat(p, &st) == 0) return S_ISDIR(st.st_mode) && access(p, W_OK | X_OK) == 0;
+    char *slash = strrchr(p, '/');
+    if (!slash) return access(".", W_OK | X_OK) == 0;
+    if (slash == p) return access("/", W_OK | X_OK) == 0;
+    *slash = '\0';
   }
+}
+
+/* The program's cumem settings, checked before it starts, by the core's
+ * own rules: an instance of the host backend opened with the same
+ * environment (and, for --backup disk, the directory the files go to).
+ * Otherwise a malformed CUMEM_* value, or a directory that takes no files,
+ * shows up only inside the program, as every cudaMalloc failing with "out
+ * of memory" or as its first sleep failing. */
+static int check_settings(const char *backup) {
   cumem_options_t o;
   cumem_options_init(&o);
   o.backend = "host";
-  o.disk_dir = dir;
+  if (!strcmp(backup, "disk")) {
+    const char *dir = getenv("CUMEM_DISK_DIR"), *tms = getenv("TMS_DISK_BACKUP_DIR");
+    if (dir && *dir) {
+      o.disk_dir = dir;
+    } else if (!tms || !*tms) {
+      fprintf(stderr, "cumem run: --backup disk needs a directory for the backup files: set CUMEM_DISK_DIR=DIR\n");
+      return RUN_FAILED;
+    } else if (!creatable_dir(tms)) {
+      fprintf(stderr, "cumem run: --backup disk: TMS_DISK_BACKUP_DIR=%s cannot be created or written\n", tms);
+      return RUN_FAILED;
+    }
+  }
   cumem_t *cm = NULL;
   if (cumem_open(&cm, &o) != 0) {
-    fprintf(stderr, "cumem run: --backup disk: %s\n", cumem_last_error());
+    fprintf(stderr, "cumem run: %s\n", cumem_last_error());
     return RUN_FAILED;
   }
   (void)cumem_close(cm);
@@ -147,7 +167,7 @@ int cmd_run(int argc, char **argv) {
     fprintf(stderr, "cumem run: --backup %s: expected cpu, disk or none\n", backup);
     return RUN_FAILED;
   }
-  if (!strcmp(backup, "disk") && check_disk_dir()) return RUN_FAILED;
+  if (check_settings(backup)) return RUN_FAILED;
 
   char lib[PATH_MAX], tried[5 * PATH_MAX + 64];
   if (find_library(lib, tried, sizeof tried)) {

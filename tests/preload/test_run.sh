@@ -30,6 +30,10 @@ grep -q "CUMEM_DISK_DIR" "${TMPDIR:-/tmp}/cumem_run_test.$$" || { echo "FAILED: 
 expect 125 "--backup disk into a missing directory" env CUMEM_DISK_DIR=/nonexistent/dir "$cumem" run --backup disk -- true
 grep -q "/nonexistent/dir" "${TMPDIR:-/tmp}/cumem_run_test.$$" || { echo "FAILED: the message names the directory"; fail=1; }
 expect 0 "--backup disk into a usable directory" env CUMEM_DISK_DIR="${TMPDIR:-/tmp}" "$cumem" run --backup disk -- true
+expect 125 "a malformed CUMEM_* setting, whatever the backup" env CUMEM_COPY_CHUNK_MB=abc "$cumem" run --backup cpu -- true
+grep -q "CUMEM_COPY_CHUNK_MB" "${TMPDIR:-/tmp}/cumem_run_test.$$" || { echo "FAILED: the message names CUMEM_COPY_CHUNK_MB"; fail=1; }
+expect 125 "TMS_DISK_BACKUP_DIR under a file" env -u CUMEM_DISK_DIR TMS_DISK_BACKUP_DIR=/etc/passwd/x "$cumem" run --backup disk -- true
+expect 0 "TMS_DISK_BACKUP_DIR to be created" env -u CUMEM_DISK_DIR TMS_DISK_BACKUP_DIR="${TMPDIR:-/tmp}/cumem_run_test.$$.d/a/b" "$cumem" run --backup disk -- true
 expect 125 "no interposer to be found" env CUMEM_PRELOAD_LIBRARY=/nonexistent/libcumem_preload.so "$cumem" run -- true
 grep -q "CUMEM_PRELOAD_LIBRARY" "${TMPDIR:-/tmp}/cumem_run_test.$$" || { echo "FAILED: the missing-library message names CUMEM_PRELOAD_LIBRARY"; fail=1; }
 rm -f "${TMPDIR:-/tmp}/cumem_run_test.$$"
