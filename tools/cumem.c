@@ -3,6 +3,7 @@
  * tool.h and its own file (listed in CMakeLists.txt's cumem_cli). */
 #include "tool.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -39,7 +40,7 @@ static const tool_command_t *find_command(const char *name) {
   return NULL;
 }
 
-int main(int argc, char **argv) {
+static int dispatch(int argc, char **argv) {
   if (argc < 2) return usage(stderr);
   const char *first = argv[1];
   if (!strcmp(first, "--version") || !strcmp(first, "-V")) {
@@ -73,5 +74,16 @@ int main(int argc, char **argv) {
   tool_progress_init(&a);
   rc = cmd->run(&a);
   tool_progress_done();
+  return rc;
+}
+
+/* Output that could not be written (a full disk, a closed pipe) is a
+ * failure: a JSON document cut short must not exit 0. */
+int main(int argc, char **argv) {
+  int rc = dispatch(argc, argv);
+  if (fflush(stdout) != 0 || ferror(stdout)) {
+    fprintf(stderr, "cumem: cannot write the output: %s\n", strerror(errno));
+    if (rc == TOOL_EXIT_OK) rc = TOOL_EXIT_FAILED;
+  }
   return rc;
 }

@@ -198,5 +198,14 @@ def backend_option_replaces_a_malformed_environment():
     assert "CUMEM_BACKEND" in doc["error"]["detail"], doc["error"]
 
 
+@case
+def output_that_cannot_be_written_is_a_failure():
+    # a document lost to a full disk must not exit 0
+    for args in (["info", "--json"], ["--version"]):
+        with open("/dev/full", "wb") as full:
+            p = subprocess.run([CUMEM] + args, stdout=full, stderr=subprocess.PIPE, env=ENV, timeout=60)
+        assert p.returncode == 1 and b"cannot write the output" in p.stderr, (args, p.returncode, p.stderr)
+
+
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
