@@ -16,6 +16,7 @@
  * lines the N processes up before each timed phase; CUMEM_BENCH_PRETOUCH_GIB
  * touches that much fresh host memory (and gives it back) first. */
 #include "cumem_backend.h"
+#include "internal.h" /* cumem__parse_size */
 #include "tool.h"
 
 #include <dirent.h>
@@ -156,29 +157,57 @@ static double wait_rss_below(size_t bytes, double limit) {
   return now_seconds();
 }
 
+/* The bench's own variables, read once before anything runs: a malformed
+ * value is refused with the variable named (exit 2), never half-read. */
+static struct {
+  size_t pretouch;      /* CUMEM_BENCH_PRETOUCH_GIB, in bytes (0: none) */
+  char barrier_dir[512]; /* CUMEM_BENCH_BARRIER=DIR:N ("": none) */
+  long barrier_n;
+} bench_env;
+
+static int read_bench_env(void) {
+  memset(&bench_env, 0, sizeof bench_env);
+  const char *s = getenv("CUMEM_BENCH_PRETOUCH_GIB"), *why = NULL;
+  if (s && *s && cumem__parse_size(s, GiB, &bench_env.pretouch, &why) != 0) {
+    fprintf(stderr, "cumem bench: CUMEM_BENCH_PRETOUCH_GIB=%s: %s (a bare number is GiB)\n", s, why);
+    return -1;
+  }
+  const char *spec = getenv("CUMEM_BENCH_BARRIER");
+  if (!spec || !*spec) return 0;
+  const char *colon = strrchr(spec, ':');
+  char *end = NULL;
+  long n = colon && colon[1] >= '0' && colon[1] <= '9' ? strtol(colon + 1, &end, 10) : 0;
+  if (!colon || colon == spec || !end || *end || n < 1 || n > 1024 ||
+      (size_t)(colon - spec) >= sizeof bench_env.barrier_dir) {
+    fprintf(stderr, "cumem bench: CUMEM_BENCH_BARRIER=%s: expected DIR:N, N from 1 to 1024\n", spec);
+    return -1;
+  }
+  snprintf(bench_env.barrier_dir, sizeof bench_env.barrier_dir, "%.*s", (int)(colon - spec), spec);
+  bench_env.barrier_n = n;
+  return 0;
+}
+
 /* CUMEM_BENCH_BARRIER=DIR:N (bench/multi_gpu.py sets it): the N bench
  * processes of one run meet before each timed phase, so that their cold
  * sleeps (or pinning) really overlap. Each leaves a file DIR/<phase>.<pid>
  * and waits until N are there (two minutes at most). */
 static void barrier(const char *phase) {
-  const char *spec = getenv("CUMEM_BENCH_BARRIER");
-  const char *colon = spec ? strrchr(spec, ':') : NULL;
-  if (!colon) return;
-  int n = atoi(colon + 1);
-  char dir[512], path[600];
-  snprintf(dir, sizeof dir, "%.*s", (int)(colon - spec), spec);
+  if (!bench_env.barrier_n) return;
+  const char *dir = bench_env.barrier_dir;
+  long n = bench_env.barrier_n;
+  char path[600];
   snprintf(path, sizeof path, "%s/%s.%d", dir, phase, (int)getpid());
   FILE *f = fopen(path, "w");
   if (f) fclose(f);
   size_t plen = strlen(phase);
   for (double end = now_seconds() + 120; now_seconds() < end; usleep(500)) {
     DIR *d = opendir(dir);
-    int seen = 0;
+    long seen = 0;
     for (struct dirent *e; d && (e = readdir(d));) seen += !strncmp(e->d_name, phase, plen) && e->d_name[plen] == '.';
     if (d) closedir(d);
     if (seen >= n) return;
   }
-  fprintf(stderr, "[bench] barrier %s: gave up waiting for %d processes\n", phase, n);
+  fprintf(stderr, "[bench] barrier %s: gave up waiting for %ld processes\n", phase, n);
 }
 
 /* CUMEM_BENCH_PRETOUCH_GIB=N: touch N GiB of fresh host memory and give it
@@ -193,10 +222,9 @@ static void *touch_part(void *arg) {
 }
 
 static void pretouch(void) {
-  const char *s = getenv("CUMEM_BENCH_PRETOUCH_GIB");
-  double gib = s ? atof(s) : 0;
-  if (gib <= 0) return;
-  size_t n = (size_t)(gib * (double)GiB) & ~(size_t)4095;
+  size_t n = bench_env.pretouch & ~(size_t)4095;
+  if (!n) return;
+  double gib = (double)n / (double)GiB;
   unsigned char *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) return;
   tool_progress("pre-touching %.1f GiB of host memory", gib);
@@ -647,14 +675,16 @@ static void print_table(const results_t *r) {
 int cmd_bench(const tool_args_t *a) {
   results_t r = {.rounds = a->rounds, .verified = 1, .backend = "none"};
   workload_t w = {0}, kv = {0};
+  if (read_bench_env()) return TOOL_EXIT_USAGE;
   cumem_options_t o;
   cumem_options_init(&o);
-  if (a->backend) o.backend = a->backend;
   o.prepare_ahead = NULL; /* the cold sleep is cold, whatever CUMEM_PREPARE_AHEAD says */
   cumem_t *cm = NULL;
   double *sl = calloc((size_t)a->rounds, sizeof *sl), *wk = calloc((size_t)a->rounds, sizeof *wk);
   int rc = sl && wk ? 0 : CUMEM_ENOHOST;
   if (rc) fprintf(stderr, "cumem: out of host memory for %d rounds\n", a->rounds);
+  /* An option, so that --backend replaces a malformed CUMEM_BACKEND. */
+  if (!rc && a->backend && (rc = cumem_options_set(&o, "backend", a->backend))) tool_fail("open", rc);
   if (!rc && (rc = cumem_open(&cm, &o))) tool_fail("open", rc);
   if (!rc) {
     r.backend = cumem_backend_name(cm);

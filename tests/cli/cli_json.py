@@ -207,5 +207,15 @@ def output_that_cannot_be_written_is_a_failure():
         assert p.returncode == 1 and b"cannot write the output" in p.stderr, (args, p.returncode, p.stderr)
 
 
+@case
+def bench_variables_are_checked_before_it_runs():
+    for name, value in (("CUMEM_BENCH_PRETOUCH_GIB", "2x"), ("CUMEM_BENCH_PRETOUCH_GIB", "nan"),
+                        ("CUMEM_BENCH_BARRIER", "/tmp:abc"), ("CUMEM_BENCH_BARRIER", "nodir"),
+                        ("CUMEM_BENCH_BARRIER", "/tmp:0")):
+        p = subprocess.run([CUMEM, "bench", "--size", "4M", "--kv", "4M", "--rounds", "1"], capture_output=True,
+                           env={**ENV, name: value}, timeout=60)
+        assert p.returncode == 2 and f"{name}={value}".encode() in p.stderr, (name, value, p.returncode, p.stderr)
+
+
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
