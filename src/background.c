@@ -213,6 +213,7 @@ static int stopping(cumem_t *cm) {
 
 static void *worker_main(void *arg) {
   cumem_t *cm = arg;
+  (void)cumem__log_scope(cm->opts.verbose); /* it logs as its instance does */
   for (;;) {
     pthread_mutex_lock(&cm->bg.mu);
     cm->bg.kicked = 0; /* a kick from now on is seen by the wait below */

@@ -30,10 +30,10 @@ int cumem__parse_size(const char *text, size_t default_unit, size_t *out, const 
 /* Verbose logging. Each instance has its own `verbose` option: a log line
  * (and the echo of an error detail) prints when the instance whose call is
  * running on this thread is verbose. cumem__enter / cumem__leave (and open)
- * set that scope, and a worker pool's threads take the scope of the thread
- * that started the pool (pool.c); outside any instance's call (the
- * background worker, a backend used alone) the environment's CUMEM_VERBOSE
- * decides. */
+ * set that scope, a worker pool's threads take the scope of the thread
+ * that started the pool (pool.c), and an instance's background worker its
+ * instance's; outside any instance (a backend used alone) the environment's
+ * CUMEM_VERBOSE decides. */
 void cumem__log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int cumem__logging(void);
 /* Enter an instance's verbosity on this thread; returns the previous scope

@@ -118,3 +118,29 @@ def test_verbose_prints_where_an_adapter_call_went(capsys, monkeypatch):
     monkeypatch.setattr(_timing, "VERBOSE", False)
     cumem.CuMemAllocator().wake_up()
     assert capsys.readouterr().err == ""
+
+
+VERBOSE_CHILD = """
+import sys, time
+import cumem
+with cumem.Instance(backend="host", verbose=int(sys.argv[1]), retain_backup=0) as inst:
+    p = inst.alloc(8 << 20, tag="w")
+    inst.prepare_backup_async("w")
+    inst.drain()
+    inst.sleep("w", "w")
+    inst.wake("w")
+    time.sleep(0.3)  # the worker gives the backup back, then is idle
+    inst.drain()
+"""
+
+
+@pytest.mark.parametrize("verbose,env", [(0, "1"), (1, "0")])
+def test_the_background_worker_logs_as_its_instance(verbose, env):
+    import os
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", VERBOSE_CHILD, str(verbose)], capture_output=True, text=True,
+                       env={**os.environ, "CUMEM_VERBOSE": env}, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert ("background worker" in r.stderr) is bool(verbose), r.stderr
