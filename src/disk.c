@@ -88,6 +88,13 @@ static int injected(const char *op) {
 /* A failed file operation as a cumem error: what was done, where, for how
  * many bytes. */
 static int disk_fail(int err, const char *dir, size_t bytes, const char *what) {
+  /* Each sleeping allocation of a disk tag holds one open file: running
+   * out of descriptors is the process's limit, not the disk failing. */
+  if (err == EMFILE || err == ENFILE)
+    return CUMEM_FAIL(CUMEM_ENOHOST,
+                      "disk backup of %zu bytes under %s: %s: %s (each sleeping allocation of a disk tag "
+                      "holds one open file: raise the limit, ulimit -n, or back fewer allocations up to disk)",
+                      bytes, dir, what, strerror(err));
   int code = err == ENOSPC || err == EDQUOT || err == EFBIG ? CUMEM_ENOSPC
              : err == ENOMEM                                ? CUMEM_ENOHOST
                                                             : CUMEM_EIO;
@@ -511,15 +518,7 @@ int cumem__disk_sleep(cumem_t *cm, alloc_t **list, size_t n, unsigned char *copy
   double t1 = cumem__now();
   /* 2. Through the staging buffers. */
   if (!rc) rc = stager_run(cm, list, n, mine, largest, 1);
-  /* 3. All written, or none kept. A full disk says how much was needed. */
-  if (rc == CUMEM_ENOSPC) {
-    char why[512];
-    struct statvfs vfs;
-    snprintf(why, sizeof why, "%s", without_location(cumem_last_error()));
-    unsigned long long avail = statvfs(cm->disk_dir, &vfs) == 0 ? (unsigned long long)vfs.f_bavail * vfs.f_frsize : 0;
-    rc = CUMEM_FAIL(CUMEM_ENOSPC, "%s; this sleep needs %zu bytes under %s for %zu disk backups, %llu are free; "
-                    "nothing was released", why, bytes, cm->disk_dir, count, avail);
-  }
+  /* 3. All written, or none kept. */
   size_t direct = 0;
   for (size_t i = 0; i < n; i++) {
     alloc_t *a = list[i];
@@ -533,6 +532,16 @@ int cumem__disk_sleep(cumem_t *cm, alloc_t **list, size_t n, unsigned char *copy
     a->backed_up = 1;
     a->backup.filled = 0; /* a host backup retained from before is stale now */
     copy[i] = 0;
+  }
+  /* A full disk says how much was needed, and how much is free once this
+   * call's own files (their reservations) are closed. */
+  if (rc == CUMEM_ENOSPC) {
+    char why[512];
+    struct statvfs vfs;
+    snprintf(why, sizeof why, "%s", without_location(cumem_last_error()));
+    unsigned long long avail = statvfs(cm->disk_dir, &vfs) == 0 ? (unsigned long long)vfs.f_bavail * vfs.f_frsize : 0;
+    rc = CUMEM_FAIL(CUMEM_ENOSPC, "%s; this sleep needs %zu bytes under %s for %zu disk backups, %llu are free; "
+                    "nothing was released", why, bytes, cm->disk_dir, count, avail);
   }
   double t = cumem__now() - t0;
   if (!rc)

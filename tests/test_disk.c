@@ -457,6 +457,31 @@ TEST(disk_errors_map_to_codes) {
   }
 }
 
+/* Each sleeping allocation of a disk tag holds an open file: out of
+ * descriptors is said as that (the process's limit), not as a disk error,
+ * and nothing sleeps. */
+TEST(out_of_descriptors_says_so) {
+  /* On cuda the driver may want descriptors of its own inside the sleep:
+   * this is the disk tier's message, the same on every backend. */
+  if (strcmp(test_backend(), "host") != 0) return;
+  world_t w;
+  CHECK_OK(world_open(&w, 0, NULL));
+  int lowest = dup(0); /* the next descriptor a file would get */
+  CHECK(lowest >= 0);
+  close(lowest);
+  struct rlimit old, lim;
+  getrlimit(RLIMIT_NOFILE, &old);
+  lim = old;
+  lim.rlim_cur = (rlim_t)lowest; /* no new descriptor at all */
+  CHECK(setrlimit(RLIMIT_NOFILE, &lim) == 0);
+  int rc = cumem_sleep(w.cm, NULL, DISK_AND_HOST);
+  setrlimit(RLIMIT_NOFILE, &old);
+  CHECK_RC(rc, CUMEM_ENOHOST);
+  CHECK(strstr(cumem_last_error(), "Too many open files") && strstr(cumem_last_error(), "ulimit -n"));
+  CHECK(world_awake_and_intact(&w));
+  CHECK(world_close(&w));
+}
+
 /* ---- failures anywhere lose nothing ---------------------------------------------- */
 
 /* For each k, fail the k-th backend call (or the k-th file operation) of a
@@ -678,7 +703,7 @@ RUN_TESTS("disk",
           T(disk_tag_without_disk_dir),
           T(full_disk_at_reservation_keeps_memory),
           T(full_disk_during_writes_keeps_memory),
-          T(disk_errors_map_to_codes),
+          T(disk_errors_map_to_codes), T(out_of_descriptors_says_so),
           T(every_backend_failure_during_disk_sleep),
           T(every_backend_failure_during_disk_wake),
           T(persistent_backend_failures_during_disk_sleep),
