@@ -66,6 +66,11 @@ static PyObject *raise_message(int code, PyObject *msg) {
   return NULL;
 }
 
+/* A string the library gives back (a tag, a name): decoded with
+ * errors="replace", since a C caller or the environment may have written
+ * bytes that are not UTF-8, and one such tag must not make tags() raise. */
+static PyObject *text_of(const char *s) { return PyUnicode_DecodeUTF8(s, (Py_ssize_t)strlen(s), "replace"); }
+
 /* ---- argument helpers -------------------------------------------------- */
 
 /* "O&" converter: a non-negative Python int that is an address. */
@@ -219,7 +224,7 @@ static PyObject *info_dict(const cumem_alloc_info_t *i) {
   SET_ITEM(d, "device", PyLong_FromLong(i->device));
   SET_ITEM(d, "asleep", PyBool_FromLong(i->asleep));
   SET_ITEM(d, "backed_up", PyBool_FromLong(i->backed_up));
-  SET_ITEM(d, "tag", PyUnicode_FromString(i->tag));
+  SET_ITEM(d, "tag", text_of(i->tag));
   SET_ITEM(d, "on_disk", PyBool_FromLong(i->on_disk));
   return d;
 }
@@ -808,7 +813,7 @@ static PyObject *Instance_tags(InstanceObject *self, PyObject *noargs) {
   }
   PyObject *list = PyList_New((Py_ssize_t)count);
   for (size_t i = 0; list && i < count; i++) {
-    PyObject *s = PyUnicode_FromString(names[i]);
+    PyObject *s = text_of(names[i]);
     if (!s) Py_CLEAR(list);
     else PyList_SET_ITEM(list, (Py_ssize_t)i, s);
   }
@@ -1191,7 +1196,7 @@ static PyObject *mod_current_tag(PyObject *mod, PyObject *noargs) {
   (void)mod;
   (void)noargs;
   const char *t = cumem_current_tag();
-  return PyUnicode_FromString(t ? t : "default");
+  return text_of(t ? t : "default");
 }
 
 static PyObject *mod_last_error(PyObject *mod, PyObject *noargs) {

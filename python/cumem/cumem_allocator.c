@@ -43,6 +43,7 @@
 #include <Python.h>
 
 #include "cumem.h"
+#include "cumem_backend.h" /* cumem_set_error */
 
 #include <pthread.h>
 #include <stdint.h>
@@ -78,9 +79,17 @@ static int seed_instance(cumem_t **out) {
 /* Every tag of this module's allocations starts with this. */
 #define SEED_TAG_PREFIX "seed:"
 
-/* "seed:" + the calling thread's current tag, cut at CUMEM_TAG_MAX bytes. */
-static void seed_tag(char tag[CUMEM_TAG_MAX + 1]) {
-  snprintf(tag, CUMEM_TAG_MAX + 1, SEED_TAG_PREFIX "%s", cumem_current_tag());
+/* "seed:" + the calling thread's current tag. A current tag too long for
+ * the prefix is refused (CUMEM_EINVAL, detail set), never cut: a cut could
+ * fall inside a UTF-8 character, or make two tags one. */
+static int seed_tag(char tag[CUMEM_TAG_MAX + 1]) {
+  const char *current = cumem_current_tag();
+  int n = snprintf(tag, CUMEM_TAG_MAX + 1, SEED_TAG_PREFIX "%s", current);
+  if (n >= 0 && n <= CUMEM_TAG_MAX) return CUMEM_OK;
+  return cumem_set_error(CUMEM_EINVAL, __FILE__, __LINE__,
+                         "cumem_allocator: the current tag has %zu bytes; with the \"" SEED_TAG_PREFIX
+                         "\" prefix at most %d fit",
+                         strlen(current), CUMEM_TAG_MAX - (int)(sizeof SEED_TAG_PREFIX - 1));
 }
 
 /* How many live allocations of `cm` this module made (those under a
@@ -145,9 +154,8 @@ EXPORT void *my_malloc(ssize_t size, int device, void *stream) {
 
   void *ptr = NULL;
   char tag[CUMEM_TAG_MAX + 1];
-  seed_tag(tag);
-  if (cumem_alloc(cm, &ptr, (size_t)size, device, tag) != CUMEM_OK)
-    return NULL; /* PyTorch raises its out-of-memory error */
+  if (seed_tag(tag) != CUMEM_OK || cumem_alloc(cm, &ptr, (size_t)size, device, tag) != CUMEM_OK)
+    return NULL; /* PyTorch raises its out-of-memory error; the detail is cumem.last_error()'s */
   cumem_alloc_info_t info;
   if (cumem_query(cm, ptr, &info) != CUMEM_OK) {
     cumem_free(cm, ptr);

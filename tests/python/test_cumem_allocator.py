@@ -246,3 +246,46 @@ def test_vllm_can_import_it_in_place_of_its_extension():
                 sys.modules.pop(k, None)
             else:
                 sys.modules[k] = v
+
+
+def test_a_current_tag_too_long_for_the_prefix_is_refused_not_cut(seed, abi):
+    # "seed:" + 58 bytes fit in a tag (63); 59 would be cut, inside a UTF-8
+    # character here, or make two tags one: refused, with the reason.
+    import cumem
+    from cumem import _C
+
+    rec = Recorder()
+    seed.init_module(rec.malloc, rec.free)
+    try:
+        _C.set_current_tag("a" * 58)
+        p = abi.my_malloc(4096, 0, None)
+        assert p and seed._live_allocations() == 1
+        for tag in ("a" * 59, "x" + "\u00e9" * 31):
+            _C.set_current_tag(tag)
+            assert not abi.my_malloc(4096, 0, None)
+            assert "at most 58 fit" in cumem.last_error()
+        assert seed._live_allocations() == 1
+        abi.my_free(p, 4096, 0, None)
+    finally:
+        _C.set_current_tag("default")
+
+
+def test_tags_that_are_not_utf8_are_read_with_replacement():
+    # A C caller (or the environment) may name a tag in bytes that are not
+    # UTF-8: tags() and query() must still answer.
+    from cumem import _C
+
+    inst = _C.default()
+    lib = ctypes.CDLL(next(p for p in open("/proc/self/maps").read().split() if "libcumem.so" in p))
+    lib.cumem_default.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
+    lib.cumem_alloc.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_int,
+                                ctypes.c_char_p]
+    lib.cumem_free.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    cm, p = ctypes.c_void_p(), ctypes.c_void_p()
+    assert lib.cumem_default(ctypes.byref(cm)) == 0
+    assert lib.cumem_alloc(cm, ctypes.byref(p), 4096, 0, b"bad\xff\xfe") == 0
+    try:
+        assert "bad\ufffd\ufffd" in inst.tags()
+        assert inst.query(p.value)["tag"] == "bad\ufffd\ufffd"
+    finally:
+        assert lib.cumem_free(cm, p) == 0
