@@ -73,6 +73,23 @@ static PyObject *text_of(const char *s) { return PyUnicode_DecodeUTF8(s, (Py_ssi
 
 /* ---- argument helpers -------------------------------------------------- */
 
+/* "O&" converter: a bit mask of devices, an int from 0 to 2**64 - 1 (the K
+ * format would wrap 2**64 + 2 to 2, granting a peer nobody asked for). */
+static int conv_mask(PyObject *obj, void *out) {
+  if (!PyLong_Check(obj) || PyBool_Check(obj)) {
+    PyErr_Format(PyExc_TypeError, "peer_mask must be an int, not %.100s", Py_TYPE(obj)->tp_name);
+    return 0;
+  }
+  unsigned long long v = PyLong_AsUnsignedLongLong(obj);
+  if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+    PyErr_Clear();
+    PyErr_Format(PyExc_ValueError, "peer_mask = %R is not a device mask (an int from 0 to 2**64 - 1)", obj);
+    return 0;
+  }
+  *(unsigned long long *)out = v;
+  return 1;
+}
+
 /* "O&" converter: a non-negative Python int that is an address. */
 static int conv_addr(PyObject *obj, void *out) {
   if (!PyLong_Check(obj)) {
@@ -377,7 +394,15 @@ static int Instance_init(InstanceObject *self, PyObject *args, PyObject *kw) {
   while (!bad && kw && PyDict_Next(kw, &pos, &key, &value)) {
     const char *name = c_string(key);
     if (!name) bad = 1;
-    else if (strcmp(name, "fault") == 0) bad = (fault = PyObject_IsTrue(value)) < 0;
+    else if (strcmp(name, "fault") == 0) {
+      if (!PyBool_Check(value) && !(PyLong_Check(value) && (PyLong_AsLong(value) == 0 || PyLong_AsLong(value) == 1))) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "fault must be True or False, not %R", value);
+        bad = 1;
+      } else {
+        fault = PyObject_IsTrue(value);
+      }
+    }
     else if (nargs == 1 && strcmp(name, "backend") == 0) {
       PyErr_SetString(PyExc_TypeError, "Instance() got backend twice");
       bad = 1;
@@ -468,8 +493,8 @@ static PyObject *Instance_alloc(InstanceObject *self, PyObject *args,
   const char *tag = NULL;
   unsigned long long peers = 0;
   CHECK_OPEN(self);
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "n|iO&K", kwlist, &size, &device,
-                                   conv_opt_str, &tag, &peers))
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "n|iO&O&", kwlist, &size, &device,
+                                   conv_opt_str, &tag, conv_mask, &peers))
     return NULL;
   if (size < 0) {
     PyErr_SetString(PyExc_ValueError, "size must be >= 0");
@@ -692,8 +717,12 @@ static PyObject *Instance_memset(InstanceObject *self, PyObject *args) {
     PyErr_SetString(PyExc_ValueError, "n must be >= 0");
     return NULL;
   }
+  if (value < 0 || value > 255) {
+    PyErr_Format(PyExc_ValueError, "value = %d is not a byte (0 to 255)", value);
+    return NULL;
+  }
   int rc, ok;
-  RELEASED(self, cm, ok, rc = cumem_memset(cm, dst, value, (size_t)n));
+  RELEASED(self, cm, ok, rc = cumem_memset(cm, dst, (unsigned char)value, (size_t)n));
   if (!ok) return NULL;
   if (rc != CUMEM_OK) return raise_cumem(rc, "cumem_memset");
   Py_RETURN_NONE;
@@ -716,9 +745,12 @@ static int tag_flag(PyObject *obj, int *field, const char *name) {
     *field = CUMEM_TAG_INHERIT;
     return 0;
   }
-  int v = PyObject_IsTrue(obj);
-  if (v < 0) return -1;
-  *field = v;
+  if (!PyBool_Check(obj)) { /* "no" is true to PyObject_IsTrue: only a bool says yes or no */
+    PyErr_Format(PyExc_TypeError, "%s must be True, False, -1 (inherit) or None, not %.100s", name,
+                 Py_TYPE(obj)->tp_name);
+    return -1;
+  }
+  *field = obj == Py_True;
   return 0;
 }
 

@@ -270,22 +270,28 @@ def test_a_current_tag_too_long_for_the_prefix_is_refused_not_cut(seed, abi):
         _C.set_current_tag("default")
 
 
+TAG_CHILD = """
+import ctypes
+from cumem import _C
+inst = _C.default()
+lib = ctypes.CDLL(next(p for p in open("/proc/self/maps").read().split() if "libcumem.so" in p))
+lib.cumem_default.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
+lib.cumem_alloc.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_int,
+                            ctypes.c_char_p]
+cm, p = ctypes.c_void_p(), ctypes.c_void_p()
+assert lib.cumem_default(ctypes.byref(cm)) == 0
+assert lib.cumem_alloc(cm, ctypes.byref(p), 4096, 0, b"bad\\xff\\xfe") == 0
+assert "bad\\ufffd\\ufffd" in inst.tags(), inst.tags()
+assert inst.query(p.value)["tag"] == "bad\\ufffd\\ufffd"
+print("ok")
+"""
+
+
 def test_tags_that_are_not_utf8_are_read_with_replacement():
     # A C caller (or the environment) may name a tag in bytes that are not
-    # UTF-8: tags() and query() must still answer.
-    from cumem import _C
+    # UTF-8: tags() and query() must still answer. In a child process: the
+    # tag stays in its default instance for good.
+    import subprocess
 
-    inst = _C.default()
-    lib = ctypes.CDLL(next(p for p in open("/proc/self/maps").read().split() if "libcumem.so" in p))
-    lib.cumem_default.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
-    lib.cumem_alloc.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_int,
-                                ctypes.c_char_p]
-    lib.cumem_free.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-    cm, p = ctypes.c_void_p(), ctypes.c_void_p()
-    assert lib.cumem_default(ctypes.byref(cm)) == 0
-    assert lib.cumem_alloc(cm, ctypes.byref(p), 4096, 0, b"bad\xff\xfe") == 0
-    try:
-        assert "bad\ufffd\ufffd" in inst.tags()
-        assert inst.query(p.value)["tag"] == "bad\ufffd\ufffd"
-    finally:
-        assert lib.cumem_free(cm, p) == 0
+    r = subprocess.run([sys.executable, "-c", TAG_CHILD], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

@@ -385,3 +385,27 @@ def test_backup_view_outlives_free():
         env={"CUMEM_BACKEND": "host"},
     )
     assert rc == 0 and "OK" in out, out
+
+
+def test_python_arguments_that_would_wrap_or_pass_as_true_are_refused():
+    with cumem.Instance(backend="host") as inst:
+        for mask in (2**64 + 1, 2**70, -(2**64) + 1, -1):  # K would wrap these to a mask
+            with pytest.raises(ValueError, match="peer_mask"):
+                inst.alloc(4096, tag="w", peer_mask=mask)
+        with pytest.raises(TypeError, match="peer_mask"):
+            inst.alloc(4096, tag="w", peer_mask=True)
+        assert inst.stats()["allocations"] == 0
+        for value in ("no", 2.5, "yes", 1, 0):  # a string is "true" to Python; only a bool says yes or no
+            with pytest.raises((TypeError, ValueError), match="prepare_ahead"):
+                inst.set_tag_options("w", prepare_ahead=value)
+        inst.set_tag_options("w", prepare_ahead=False, skip_unchanged=-1)
+        assert inst.tag_options("w")["prepare_ahead"] == 0
+        p = inst.alloc(4096, tag="w")
+        for value in (256, -1):  # not a byte: refused, not written as value & 0xff
+            with pytest.raises(ValueError, match="byte"):
+                inst.memset(p, value, 1)
+        inst.memset(p, 255, 4096)
+        assert inst.copy_to_host(p, 4096) == b"\xff" * 4096
+        inst.free(p)
+    with pytest.raises(TypeError, match="fault"):
+        cumem.Instance(backend="host", fault="x")
