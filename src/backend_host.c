@@ -456,6 +456,12 @@ static int host_settings(host_settings_t *hs) {
     int rc = cumem__option_from_env(&host_rows[i], hs);
     if (rc) return rc;
   }
+  /* Less memory than one granule: no allocation could ever succeed. */
+  if (hs->memory < hs->granularity)
+    return CUMEM_FAIL(CUMEM_EINVAL,
+                      "CUMEM_HOST_MEMORY_MB: %zu bytes per device is less than one granule, so nothing "
+                      "would fit; allowed: at least the granularity (CUMEM_HOST_GRANULARITY_KB: %zu bytes)",
+                      hs->memory, hs->granularity);
   return 0;
 }
 

@@ -169,13 +169,40 @@ static int several_numa_nodes(void) {
 /* The options that name strings or files become the instance's own: the
  * caller's strings need not outlive cumem_open, and cm->opts keeps none of
  * them (as with backend and disk_dir). */
+/* The prepare_ahead list: "all" alone, or tag names separated by commas,
+ * matched exactly. What could never match is refused rather than ignored:
+ * an empty name, one longer than a tag, one with a space at either end
+ * ("weights, kv"), or "all" among names. */
+static int check_ahead_list(const char *list) {
+  if (strcmp(list, "all") == 0) return 0;
+  for (const char *p = list;;) {
+    size_t len = strcspn(p, ",");
+    if (len == 0 || len > CUMEM_TAG_MAX)
+      return CUMEM_FAIL(CUMEM_EINVAL, "prepare_ahead (CUMEM_PREPARE_AHEAD) \"%s\": %s", list,
+                        len ? "a tag name longer than 63 bytes" : "an empty tag name");
+    if (p[0] == ' ' || p[len - 1] == ' ')
+      return CUMEM_FAIL(CUMEM_EINVAL,
+                        "prepare_ahead (CUMEM_PREPARE_AHEAD) \"%s\": \"%.*s\" has a space at an end; tag "
+                        "names are matched exactly, separated by commas alone",
+                        list, (int)len, p);
+    if (len == 3 && strncmp(p, "all", 3) == 0)
+      return CUMEM_FAIL(CUMEM_EINVAL, "prepare_ahead (CUMEM_PREPARE_AHEAD) \"%s\": all stands alone", list);
+    if (!p[len]) return 0;
+    p += len + 1;
+  }
+}
+
 static int take_option_strings(cumem_t *cm) {
   const char *ahead = cm->opts.prepare_ahead, *lock = cm->opts.register_lock;
   cm->opts.prepare_ahead = cm->opts.register_lock = NULL;
   cm->register_lock_fd = -1;
-  if (ahead && *ahead && !(cm->ahead_tags = strdup(ahead)))
-    return CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for the prepare_ahead option");
-  if (lock) {
+  if (ahead && *ahead) {
+    int rc = check_ahead_list(ahead);
+    if (rc) return rc;
+    if (!(cm->ahead_tags = strdup(ahead)))
+      return CUMEM_FAIL(CUMEM_ENOHOST, "out of host memory for the prepare_ahead option");
+  }
+  if (lock && *lock) { /* "" is none, as for disk_dir and prepare_ahead */
     cm->register_lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
     if (cm->register_lock_fd < 0)
       return CUMEM_FAIL(CUMEM_EINVAL, "register_lock: cannot open %s: %s", lock, strerror(errno));

@@ -373,6 +373,38 @@ TEST(prepare_ahead_pins_the_listed_tags_once_they_stop_growing) {
   CHECK_OK(cumem_close(cm));
 }
 
+/* A prepare_ahead list that could never match is refused at open, naming
+ * the option; "" names nothing, for register_lock too. */
+TEST(prepare_ahead_lists_that_could_never_match_are_refused) {
+  char long_name[80];
+  memset(long_name, 'x', 64);
+  long_name[64] = '\0';
+  static const struct { const char *list; int ok; } cases[] = {
+      {"weights, kv", 0}, {" weights", 0}, {"weights ", 0}, {"all,weights", 0}, {"kv,all", 0},
+      {"a,,b", 0},        {"w,", 0},       {",w", 0},       {"all", 1},         {"weights,kv", 1},
+      {"ALL", 1} /* a tag may be named so */, {"", 1},
+  };
+  for (size_t i = 0; i <= sizeof cases / sizeof cases[0]; i++) {
+    const char *list = i < sizeof cases / sizeof cases[0] ? cases[i].list : long_name;
+    int ok = i < sizeof cases / sizeof cases[0] ? cases[i].ok : 0;
+    cumem_options_t o;
+    options(&o, 1);
+    o.prepare_ahead = list;
+    o.register_lock = "";
+    cumem_t *cm = NULL;
+    int rc = test_open(&cm, NULL, &o);
+    if (ok) {
+      if (rc) fprintf(stderr, "  \"%s\": %s\n", list, cumem_last_error());
+      CHECK_OK(rc);
+      CHECK_OK(cumem_close(cm));
+    } else {
+      if (rc != CUMEM_EINVAL) fprintf(stderr, "  \"%s\" was accepted\n", list);
+      CHECK_RC(rc, CUMEM_EINVAL);
+      CHECK(strstr(cumem_last_error(), "CUMEM_PREPARE_AHEAD") != NULL);
+    }
+  }
+}
+
 /* cumem_prepare_backup_async: due at once, whatever the tag's options. */
 TEST(prepare_backup_async_pins_now) {
   cumem_options_t o;
@@ -612,6 +644,7 @@ RUN_TESTS("background", T(wake_without_retention_gives_back_in_the_background),
           T(failed_give_back_is_reported_once_and_loses_nothing),
           T(failed_prepare_ahead_is_reported_and_the_sleep_prepares),
           T(prepare_ahead_pins_the_listed_tags_once_they_stop_growing), T(prepare_backup_async_pins_now),
+          T(prepare_ahead_lists_that_could_never_match_are_refused),
           T(work_resumes_after_a_free_and_wraps_around), T(prepare_ahead_races_alloc_free_and_sleep), T(close_while_the_worker_is_busy_leaks_nothing),
           T(every_running_worker_is_listed_for_exit),
           T(fork_child_neither_waits_for_nor_touches_the_worker))

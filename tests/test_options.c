@@ -324,7 +324,8 @@ static const host_trial_t host_trials[] = {
     {"CUMEM_HOST_GRANULARITY_KB", "x", 0},    {"CUMEM_HOST_GRANULARITY_KB", "4", 1},
     {"CUMEM_HOST_GRANULARITY_KB", "2048", 1}, {"CUMEM_HOST_GRANULARITY_KB", "1048576", 1},
     {"CUMEM_HOST_GRANULARITY_KB", "2097152", 0}, {"CUMEM_HOST_GRANULARITY_KB", "64K", 1},
-    {"CUMEM_HOST_MEMORY_MB", "0", 0},          {"CUMEM_HOST_MEMORY_MB", "1", 1},
+    {"CUMEM_HOST_MEMORY_MB", "0", 0},          {"CUMEM_HOST_MEMORY_MB", "2", 1},
+    {"CUMEM_HOST_MEMORY_MB", "1", 0}, /* less than one granule (2 MiB by default): nothing would fit */
     {"CUMEM_HOST_MEMORY_MB", "-1", 0},         {"CUMEM_HOST_MEMORY_MB", "17592186044416", 0},
     {"CUMEM_HOST_MEMORY_MB", "18446744073709551615", 0}, {"CUMEM_HOST_MEMORY_MB", "1048576", 1},
     {"CUMEM_HOST_MEMORY_MB", "16G", 1},        {"CUMEM_HOST_MEMORY_MB", "lots", 0},
