@@ -166,9 +166,6 @@ static int several_numa_nodes(void) {
   return strpbrk(line, "-,") != NULL;
 }
 
-/* The options that name strings or files become the instance's own: the
- * caller's strings need not outlive cumem_open, and cm->opts keeps none of
- * them (as with backend and disk_dir). */
 /* The prepare_ahead list: "all" alone, or tag names separated by commas,
  * matched exactly. What could never match is refused rather than ignored:
  * an empty name, one longer than a tag, one with a space at either end
@@ -192,6 +189,9 @@ static int check_ahead_list(const char *list) {
   }
 }
 
+/* The options that name strings or files become the instance's own: the
+ * caller's strings need not outlive cumem_open, and cm->opts keeps none of
+ * them (as with backend and disk_dir). */
 static int take_option_strings(cumem_t *cm) {
   const char *ahead = cm->opts.prepare_ahead, *lock = cm->opts.register_lock;
   cm->opts.prepare_ahead = cm->opts.register_lock = NULL;

@@ -395,15 +395,10 @@ static int Instance_init(InstanceObject *self, PyObject *args, PyObject *kw) {
     const char *name = c_string(key);
     if (!name) bad = 1;
     else if (strcmp(name, "fault") == 0) {
-      if (!PyBool_Check(value) && !(PyLong_Check(value) && (PyLong_AsLong(value) == 0 || PyLong_AsLong(value) == 1))) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_TypeError, "fault must be True or False, not %R", value);
-        bad = 1;
-      } else {
-        fault = PyObject_IsTrue(value);
-      }
-    }
-    else if (nargs == 1 && strcmp(name, "backend") == 0) {
+      bad = !PyBool_Check(value); /* "x" is true to PyObject_IsTrue */
+      if (bad) PyErr_Format(PyExc_TypeError, "fault must be True or False, not %R", value);
+      else fault = value == Py_True;
+    } else if (nargs == 1 && strcmp(name, "backend") == 0) {
       PyErr_SetString(PyExc_TypeError, "Instance() got backend twice");
       bad = 1;
     } else bad = set_option(&opts, name, value, keep) < 0;
