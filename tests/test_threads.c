@@ -394,12 +394,13 @@ static void *sleep_wake_rounds(void *arg) {
   return NULL;
 }
 
-typedef struct flagged_call { cumem_t *cm; atomic_int done; int rc; } flagged_call_t;
+/* cumem_stats(cm, NULL) on a thread of its own: rc, the figures, and a
+ * flag that says it returned. */
+typedef struct stats_call { cumem_t *cm; int rc; cumem_stats_t st; atomic_int done; } stats_call_t;
 
-static void *stats_flagged(void *arg) {
-  flagged_call_t *c = arg;
-  cumem_stats_t st;
-  c->rc = cumem_stats(c->cm, NULL, &st);
+static void *stats_of_all(void *arg) {
+  stats_call_t *c = arg;
+  c->rc = cumem_stats(c->cm, NULL, &c->st);
   atomic_store(&c->done, 1);
   return NULL;
 }
@@ -420,9 +421,9 @@ TEST(a_waiting_call_goes_before_the_next_sleep_or_wake) {
     gate.open[1] = 0; /* this round's wake will stop at gate 1 */
     gate.inside[1] = 0;
     pthread_mutex_unlock(&gate.mu);
-    flagged_call_t st = {cm, 0, 1};
+    stats_call_t st = {cm, 1, {0}, 0};
     pthread_t t;
-    CHECK(pthread_create(&t, NULL, stats_flagged, &st) == 0);
+    CHECK(pthread_create(&t, NULL, stats_of_all, &st) == 0);
     wait_for_waiters(cm, 1); /* stats is queued */
     gate_open(0);            /* the sleep ends; its thread calls wake */
     double deadline = now_s() + 10;
@@ -458,13 +459,6 @@ TEST(a_waiting_call_goes_before_the_next_sleep_or_wake) {
  * stats call queues behind it. close must not free the instance under the
  * waiting call: it lets it through (stats finds the instance emptied) and
  * frees it only then. Freeing it at once was a use after free (ASan). */
-typedef struct stats_call { cumem_t *cm; int rc; cumem_stats_t st; } stats_call_t;
-
-static void *stats_of_all(void *arg) {
-  stats_call_t *c = arg;
-  c->rc = cumem_stats(c->cm, NULL, &c->st);
-  return NULL;
-}
 
 TEST(close_never_frees_under_a_waiting_call) {
   cumem_t *cm = NULL;
@@ -472,7 +466,7 @@ TEST(close_never_frees_under_a_waiting_call) {
   CHECK_OK(open_gated(&cm, &p, 4 << 20, 8));
   gate.armed = 4;
   call_t cl = {cm, 1};
-  stats_call_t st = {cm, 1, {0}};
+  stats_call_t st = {cm, 1, {0}, 0};
   st.st.allocations = 99;
   pthread_t t1, t2;
   CHECK(pthread_create(&t1, NULL, close_call, &cl) == 0);
