@@ -677,14 +677,12 @@ int cmd_bench(const tool_args_t *a) {
   workload_t w = {0}, kv = {0};
   if (read_bench_env()) return TOOL_EXIT_USAGE;
   cumem_options_t o;
-  cumem_options_init(&o);
-  o.prepare_ahead = NULL; /* the cold sleep is cold, whatever CUMEM_PREPARE_AHEAD says */
   cumem_t *cm = NULL;
   double *sl = calloc((size_t)a->rounds, sizeof *sl), *wk = calloc((size_t)a->rounds, sizeof *wk);
   int rc = sl && wk ? 0 : CUMEM_ENOHOST;
   if (rc) fprintf(stderr, "cumem: out of host memory for %d rounds\n", a->rounds);
-  /* An option, so that --backend replaces a malformed CUMEM_BACKEND. */
-  if (!rc && a->backend && (rc = cumem_options_set(&o, "backend", a->backend))) tool_fail("open", rc);
+  if (!rc && (rc = tool_options(a, &o))) tool_fail("open", rc);
+  o.prepare_ahead = NULL; /* the cold sleep is cold, whatever CUMEM_PREPARE_AHEAD says */
   if (!rc && (rc = cumem_open(&cm, &o))) tool_fail("open", rc);
   if (!rc) {
     r.backend = cumem_backend_name(cm);

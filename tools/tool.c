@@ -65,12 +65,16 @@ void tool_json_end(json_t *j, int exit_code) {
   json_finish(j);
 }
 
-int tool_open(const tool_args_t *a, const char *command, cumem_t **cm) {
-  cumem_options_t o;
-  cumem_options_init(&o);
+int tool_options(const tool_args_t *a, cumem_options_t *o) {
+  cumem_options_init(o);
   /* Set as an option, so that --backend replaces a malformed CUMEM_BACKEND
    * rather than being refused with it. */
-  int rc = a->backend ? cumem_options_set(&o, "backend", a->backend) : 0;
+  return a->backend ? cumem_options_set(o, "backend", a->backend) : 0;
+}
+
+int tool_open(const tool_args_t *a, const char *command, cumem_t **cm) {
+  cumem_options_t o;
+  int rc = tool_options(a, &o);
   if (!rc) rc = cumem_open(cm, &o);
   if (rc) {
     tool_fail("open", rc);

@@ -75,6 +75,9 @@ double now_seconds(void);
 const char *fmt_bytes(size_t n, char buf[32]);
 /* Open an instance on --backend (or the default) for `command`; prints the
  * error and, with --json, still one document saying why (begin, then end). */
+/* The options the command line asks for (the environment's, --backend over
+ * CUMEM_BACKEND); 0 or the code of a refused value (detail set). */
+int tool_options(const tool_args_t *a, cumem_options_t *o);
 int tool_open(const tool_args_t *a, const char *command, cumem_t **cm);
 /* Print "cumem: <what> failed: ..." with the detail on stderr, and remember
  * the first failure for tool_json_end. */
